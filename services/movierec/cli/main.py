@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from movierec.cli.data import data_app
+
 app = typer.Typer(
     name="movierec",
     help="movierec: gSASRec sequential movie recommendations on MovieLens.",
@@ -11,3 +13,4 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(data_app, name="data")

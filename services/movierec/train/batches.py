@@ -1,0 +1,74 @@
+"""Training batches: left-padded windows of users' training sequences, and uniform negatives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from movierec.data.prepared import PADDING_IDX, PreparedData
+
+
+def left_pad(sequences: list[np.ndarray], width: int) -> np.ndarray:
+    """Stack the last `width` items of each sequence, padded on the left with PADDING_IDX."""
+    out = np.full((len(sequences), width), PADDING_IDX, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        tail = seq[-width:]
+        if len(tail):
+            out[row, width - len(tail) :] = tail
+    return out
+
+
+class TrainBatches:
+    """Yields [B, N + 1] arrays (input = [:, :-1], labels = [:, 1:]), N <= seq_len.
+
+    Users with fewer than two training items have no (input, label) pair and are skipped.
+    With `bucket=True` users of similar length share a batch, so most batches are much shorter
+    than seq_len (same loss, less padding to push through attention). Sequences longer than the
+    window are cut at a random point (`crop="random"`) or keep their most recent items
+    (`crop="last"`, as the reference does).
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        batch_size: int,
+        seq_len: int,
+        rng: np.random.Generator,
+        bucket: bool = True,
+        crop: str = "last",
+    ) -> None:
+        if crop not in ("last", "random"):
+            raise ValueError(f"crop: expected 'last' or 'random', got {crop!r}")
+        self.starts = np.asarray(data.seq_offsets[:-1])
+        self.lengths = np.asarray(data.train_len, dtype=np.int64)
+        self.items = data.seq_items
+        self.users = np.flatnonzero(self.lengths >= 2)
+        self.batch_size, self.seq_len, self.rng = batch_size, seq_len, rng
+        self.bucket, self.crop = bucket, crop
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def epoch(self) -> Iterator[np.ndarray]:
+        users = self.rng.permutation(self.users)
+        if self.bucket:
+            # sort by (capped) length with random tie-breaks, batch, then shuffle the batches
+            lengths = np.minimum(self.lengths[users], self.seq_len + 1)
+            users = users[np.argsort(lengths, kind="stable")]
+        batches = [users[i : i + self.batch_size] for i in range(0, len(users), self.batch_size)]
+        for b in self.rng.permutation(len(batches)):
+            yield self.make(batches[b])
+
+    def make(self, users: np.ndarray) -> np.ndarray:
+        window = self.seq_len + 1
+        seqs = []
+        for u in users:
+            start, n = int(self.starts[u]), int(self.lengths[u])
+            if n > window and self.crop == "random":
+                end = int(self.rng.integers(window, n + 1))
+            else:
+                end = n
+            seqs.append(self.items[start + max(0, end - window) : start + end])
+        width = min(window, max(len(s) for s in seqs))
+        return left_pad(seqs, width)
