@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
-from movierec.data.errors import DataError
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from movierec.cli.errors import friendly
 
 data_app = typer.Typer(
     help="Get MovieLens data ready for training: download it, or synthesise an ML-32M-sized set, "
@@ -26,22 +20,8 @@ _out = Console(soft_wrap=True)
 _err = Console(stderr=True, soft_wrap=True)
 
 
-def _friendly(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn DataError into one red line on stderr and exit status 2 (no traceback)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except DataError as exc:
-            _err.print(Text(f"error: {exc}", style="bold red"))
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @data_app.command("download")
-@_friendly
+@friendly
 def download_command(
     name: Annotated[str, typer.Argument(help="Dataset: ml-32m, ml-20m, ml-1m or ml-latest-small.")],
     directory: Annotated[
@@ -62,7 +42,7 @@ def download_command(
 
 
 @data_app.command("synth")
-@_friendly
+@friendly
 def synth_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write ratings/movies/tags/links.csv into.")],
     users: Annotated[int, typer.Option(help="Number of users (each gets ≥ 20 ratings).")] = 200_948,
@@ -82,7 +62,7 @@ def synth_command(
 
 
 @data_app.command("prepare")
-@_friendly
+@friendly
 def prepare_command(
     source: Annotated[
         Path,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import typer
+import logging
 
+import typer
+from rich.logging import RichHandler
+
+from movierec.cli import demo, model
 from movierec.cli.data import data_app
 
 app = typer.Typer(
@@ -13,4 +17,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
+
+
 app.add_typer(data_app, name="data")
+app.command("train")(model.train)
+app.command("evaluate")(model.evaluate)
+app.command("recommend")(model.recommend)
+app.command("demo")(demo.demo)

@@ -29,13 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from movierec.data.errors import DataError
+
 FORMAT = "movierec-prepared/1"
 PADDING_IDX = 0  # item_idx 0 is reserved for padding; real items are 1..num_items
 
 _ARRAYS = ("seq_offsets", "seq_items", "seq_ratings", "seq_timestamps", "train_len", "val_users", "test_users")
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(DataError):
     """A prepared folder is missing or inconsistent."""
 
 

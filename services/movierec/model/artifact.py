@@ -78,7 +78,7 @@ def save_artifact(
         "format": FORMAT,
         "model_config": model.cfg.to_dict(),
         "train_config": train_config,
-        "data": {k: data_manifest.get(k) for k in ("source", "counts", "input_checksums", "split")},
+        "data": {k: data_manifest.get(k) for k in ("source", "counts", "input_checksums", "split", "prepared_path")},
         "metrics": metrics,
         "files": {name: sha256_file(out / name) for name in CHECKED_FILES},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},

@@ -17,6 +17,29 @@ from torch import nn
 PADDING_IDX = 0
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout with the mask drawn from raw random bytes.
+
+    Same distribution as `F.dropout` (keep probability quantised to 1/256), about 6x faster on
+    CPU, where `bernoulli_` costs ~20 ns per element and was a third of a training step.
+    """
+    if not training or p <= 0.0:
+        return x
+    threshold = round(p * 256)
+    words = torch.empty((x.numel() + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+    keep = words.view(torch.uint8)[: x.numel()].view(x.shape) >= threshold
+    return (x * keep).mul_(256.0 / (256 - threshold))  # bool mask: cast inside the kernel, no copy
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     num_items: int
@@ -42,25 +65,36 @@ class Block(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.ff = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.dim)
+            nn.Linear(cfg.dim, cfg.dim), nn.GELU(), Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.dim)
         )
-        self.drop = nn.Dropout(cfg.dropout)
-        self.attn_drop = cfg.dropout
+        self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        drop = self.attn_drop if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        if self.training:  # explicit attention so the dropout on its weights uses the fast mask
+            a = self.drop(self._weights(q, k, attn_bias)) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
-    def attention(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _weights(q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        """softmax(q kᵀ / √d + bias); one baddbmm adds the mask and the scale inside the GEMM."""
+        b, h, nq, dh = q.shape
+        nk = k.shape[2]
+        scores = torch.baddbmm(
+            attn_bias.expand(b, h, nq, nk).reshape(b * h, nq, nk),
+            q.reshape(b * h, nq, dh), k.reshape(b * h, nk, dh).transpose(1, 2), alpha=dh**-0.5,
+        )
+        return scores.softmax(-1).view(b, h, nq, nk)
+
+    def attention(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         """Attention weights [B, heads, N, N] (for explanations; eval only)."""
         b, n, d = x.shape
         q, k, _ = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5
-        return scores.masked_fill(~attn_mask, float("-inf")).softmax(-1)
+        return self._weights(q, k, attn_bias)
 
 
 class GSASRec(nn.Module):
@@ -69,7 +103,7 @@ class GSASRec(nn.Module):
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=PADDING_IDX)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.blocks))
         self.norm = nn.LayerNorm(cfg.dim)
         self.out_emb = None if cfg.share_embeddings else nn.Embedding(cfg.num_items + 1, cfg.dim)
@@ -96,8 +130,9 @@ class GSASRec(nn.Module):
         x = self.drop(x) * valid.unsqueeze(-1)
         # causal, never attending to padding; a padding row attends to itself so softmax stays finite
         causal = torch.ones(n, n, dtype=torch.bool, device=items.device).tril()
-        mask = (causal & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=items.device)
-        return x, mask.unsqueeze(1)
+        allowed = (causal & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=items.device)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=items.device).masked_fill_(~allowed, float("-inf"))
+        return x, bias.unsqueeze(1)  # additive attention mask [B, 1, N, N]
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Left-padded item_idx [B, N] (N <= seq_len) -> hidden states [B, N, dim]."""

@@ -31,10 +31,11 @@ def gbce_loss(
     Like the reference, the sum is divided by the number of (position, candidate) pairs.
     """
     pos = beta * F.softplus(-pos_logits)
-    neg = F.softplus(neg_logits)
-    if neg_valid is not None:
-        neg = neg * neg_valid
-    per_position = pos + neg.sum(-1)
+    neg = F.softplus(neg_logits).sum(-1)
+    if neg_valid is not None:  # subtract the few masked-out negatives rather than multiply by a mask
+        dropped = (~neg_valid).expand_as(neg_logits).nonzero(as_tuple=True)
+        neg = neg.index_put(dropped[:-1], -F.softplus(neg_logits[dropped]), accumulate=True)
+    per_position = pos + neg
     k1 = neg_logits.shape[-1] + 1
     if valid is None:
         return per_position.mean() / k1

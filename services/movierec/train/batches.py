@@ -34,7 +34,7 @@ class TrainBatches:
         data: PreparedData,
         batch_size: int,
         seq_len: int,
-        rng: np.random.Generator,
+        seed: int,
         bucket: bool = True,
         crop: str = "last",
     ) -> None:
@@ -44,29 +44,33 @@ class TrainBatches:
         self.lengths = np.asarray(data.train_len, dtype=np.int64)
         self.items = data.seq_items
         self.users = np.flatnonzero(self.lengths >= 2)
-        self.batch_size, self.seq_len, self.rng = batch_size, seq_len, rng
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.bucket, self.crop = bucket, crop
 
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
 
-    def epoch(self) -> Iterator[np.ndarray]:
-        users = self.rng.permutation(self.users)
+    def epoch(self, number: int = 0, skip: int = 0) -> Iterator[np.ndarray]:
+        """The batches of epoch `number`, a pure function of (seed, number); `skip` resumes mid-epoch."""
+        rng = np.random.default_rng([self.seed, number])
+        users = rng.permutation(self.users)
         if self.bucket:
             # sort by (capped) length with random tie-breaks, batch, then shuffle the batches
             lengths = np.minimum(self.lengths[users], self.seq_len + 1)
             users = users[np.argsort(lengths, kind="stable")]
         batches = [users[i : i + self.batch_size] for i in range(0, len(users), self.batch_size)]
-        for b in self.rng.permutation(len(batches)):
-            yield self.make(batches[b])
+        order = rng.permutation(len(batches))
+        crops = rng.integers(0, 2**63 - 1, size=len(batches))
+        for position in range(skip, len(batches)):
+            yield self.make(batches[order[position]], np.random.default_rng(crops[position]))
 
-    def make(self, users: np.ndarray) -> np.ndarray:
+    def make(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         window = self.seq_len + 1
         seqs = []
         for u in users:
             start, n = int(self.starts[u]), int(self.lengths[u])
             if n > window and self.crop == "random":
-                end = int(self.rng.integers(window, n + 1))
+                end = int(rng.integers(window, n + 1))
             else:
                 end = n
             seqs.append(self.items[start + max(0, end - window) : start + end])

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from movierec.data.prepared import PreparedData
@@ -76,6 +77,8 @@ class TrainConfig:
 @dataclass
 class TrainState:
     step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
     elapsed: float = 0.0  # seconds of training so far (resumed runs continue the clock)
     best_metric: float = -1.0
     best_step: int = 0
@@ -101,9 +104,9 @@ def batch_loss(model: GSASRec, batch: torch.Tensor, negatives: int, beta: float)
     hidden = model(inputs)
     weights = model.output_embeddings
     num_items = weights.shape[0] - 1
-    pos_logits = (hidden * weights[labels]).sum(-1)
+    pos_logits = (hidden * F.embedding(labels, weights)).sum(-1)  # F.embedding: a much cheaper backward
     neg_ids = torch.randint(1, num_items + 1, (batch.shape[0], negatives), device=batch.device)
-    neg_logits = torch.bmm(hidden, weights[neg_ids].transpose(1, 2))
+    neg_logits = torch.bmm(hidden, F.embedding(neg_ids, weights).transpose(1, 2))
     neg_valid = neg_ids[:, None, :] != labels[:, :, None]  # a sampled negative equal to the target is dropped
     return gbce_loss(pos_logits, neg_logits, beta, valid=labels != 0, neg_valid=neg_valid)
 
@@ -125,7 +128,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
         )
-        self.batches = TrainBatches(data, cfg.batch_size, cfg.seq_len, self.rng, bucket=cfg.bucket, crop=cfg.crop)
+        self.batches = TrainBatches(data, cfg.batch_size, cfg.seq_len, cfg.seed, bucket=cfg.bucket, crop=cfg.crop)
         self.beta = gbce_beta(data.num_items, cfg.negatives, cfg.gbce_t)
         self.state = TrainState()
         self.best_weights = copy.deepcopy(self.model.state_dict())
@@ -209,7 +212,7 @@ class Trainer:
             task = bar.add_task("train", total=total, completed=st.step, loss=0.0, rate=0.0,
                                 ndcg=max(st.best_metric, 0.0))
             while not done:
-                for batch_np in self.batches.epoch():
+                for batch_np in self.batches.epoch(st.epoch, skip=st.batch_in_epoch):
                     for group in self.optimizer.param_groups:
                         group["lr"] = cfg.lr * lr_factor(cfg, st.step, self.progress())
                     batch = torch.from_numpy(batch_np).to(cfg.device)
@@ -218,6 +221,7 @@ class Trainer:
                     loss.backward()
                     self.optimizer.step()
                     st.step += 1
+                    st.batch_in_epoch += 1
                     st.elapsed = time.monotonic() - start
                     window_loss.append(loss.item())
                     window_seqs += batch.shape[0]
@@ -243,6 +247,8 @@ class Trainer:
                         last_ckpt = time.monotonic()
                     if done:
                         break
+                else:
+                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
         if not st.curve or st.curve[-1]["step"] != st.step:
             self.validate()
         self.save_checkpoint()
@@ -265,7 +271,8 @@ class Trainer:
         }
         save_artifact(
             self.out, self.model, self.data.items,
-            train_config=asdict(self.cfg), data_manifest=self.data.manifest,
+            train_config=asdict(self.cfg),
+            data_manifest={**self.data.manifest, "prepared_path": str(Path(self.data.root).resolve())},
             metrics={k: v for k, v in metrics.items() if k not in ("curve", "losses")},
         )
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small dataset with a learnable sequential pattern, prepared by the real pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from movierec.data.prepare import prepare
+
+PATTERN_MOVIES = 40
+
+
+def write_pattern_movielens(folder: Path, users: int = 300, seed: int = 0) -> Path:
+    """ML-32M-format CSVs where every user watches movies in a fixed cycle 1 → 2 → ... → 40 → 1.
+
+    The next movie is fully determined by the last one, so a working sequential model ranks it
+    first, while most-popular (uniform here) cannot do better than chance.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["userId,movieId,rating,timestamp"]
+    for user in range(1, users + 1):
+        start, length = rng.integers(0, PATTERN_MOVIES), rng.integers(12, 30)
+        for step in range(length):
+            movie = (start + step) % PATTERN_MOVIES + 1
+            lines.append(f"{user},{movie},{rng.integers(1, 11) / 2:.1f},{1_000_000_000 + 1000 * user + step}")
+    (folder / "ratings.csv").write_text("\n".join(lines) + "\n")
+    genres = ("Action", "Comedy", "Drama", "Horror")
+    movies = ["movieId,title,genres"] + [
+        f"{m},Movie {m} ({1990 + m % 30}),{genres[m % 4]}|{genres[(m + 1) % 4]}" for m in range(1, PATTERN_MOVIES + 1)
+    ]
+    (folder / "movies.csv").write_text("\n".join(movies) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pattern_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pattern_movielens(tmp_path_factory.mktemp("pattern") / "ml-pattern")
+
+
+@pytest.fixture(scope="session")
+def pattern_prepared(pattern_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare(pattern_source, tmp_path_factory.mktemp("prepared") / "pattern", val_users=100, progress=False)
