@@ -115,3 +115,11 @@ def test_last_attention_is_a_distribution_over_real_items() -> None:
     assert weights.shape == (1, 6)
     assert torch.all(weights[0, :3] == 0)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_vectors_with_attention_match_the_separate_calls() -> None:
+    m = model()
+    items = torch.tensor([[0, 0, 0, 3, 9, 4], [1, 2, 3, 4, 5, 6]])
+    vectors, weights = m.user_vectors_with_attention(items)
+    assert torch.allclose(vectors, m.user_vectors(items), atol=1e-5)
+    assert torch.allclose(weights, m.last_attention(items), atol=1e-6)

@@ -7,8 +7,10 @@ import logging
 import typer
 from rich.logging import RichHandler
 
-from movierec.cli import demo, model
+from movierec.cli import demo, model, serve
 from movierec.cli.data import data_app
+from movierec.cli.db import db_app
+from movierec.cli.index import index_app
 
 app = typer.Typer(
     name="movierec",
@@ -29,7 +31,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
 
 app.add_typer(data_app, name="data")
+app.add_typer(db_app, name="db")
+app.add_typer(index_app, name="index")
 app.command("train")(model.train)
 app.command("evaluate")(model.evaluate)
 app.command("recommend")(model.recommend)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)

@@ -79,6 +79,14 @@ class Block(nn.Module):
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
+    def forward_with_weights(self, x: torch.Tensor, attn_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode forward that also returns the attention weights [B, heads, N, N]."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        weights = self._weights(q, k, attn_bias)
+        x = x + self.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.ff(self.norm2(x)), weights
+
     @staticmethod
     def _weights(q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
         """softmax(q kᵀ / √d + bias); one baddbmm adds the mask and the scale inside the GEMM."""
@@ -144,6 +152,14 @@ class GSASRec(nn.Module):
     def user_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """The hidden state after the most recent item: the query for top-k over output_embeddings."""
         return self.forward(items)[:, -1]
+
+    def user_vectors_with_attention(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One eval pass: user vectors [B, dim] and the last block's attention of the last position [B, N]."""
+        x, mask = self._embed(items)
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        x, weights = self.blocks[-1].forward_with_weights(x, mask)
+        return self.norm(x[:, -1]), weights[:, :, -1].mean(1)
 
     def last_attention(self, items: torch.Tensor) -> torch.Tensor:
         """Attention of the last position over the history in the last block, averaged over heads: [B, N]."""

@@ -1,0 +1,103 @@
+"""The FastAPI application: `create_app(settings)`; run with `movierec serve` or `uvicorn movierec.api.app:app`."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from movierec.api import logs
+from movierec.api.routes import router
+from movierec.api.services import Services
+from movierec.serving.recommender import MethodUnavailable
+from movierec.settings import Settings
+from movierec.store import InvalidValue, StoreUnavailable, UnknownMovie
+
+log = logging.getLogger("movierec.api")
+
+
+def _field_errors(exc: RequestValidationError) -> str:
+    """'k: Input should be less than or equal to 1000; rating: ...' from pydantic's error list."""
+    parts = []
+    for error in exc.errors():
+        location = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(location) or "body"
+        parts.append(f"{field}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logs.configure()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.services = Services.start(settings)
+        log.info("api started", extra={"fields": {"home": str(settings.movierec_home)}})
+        yield
+        app.state.services.close()
+
+    app = FastAPI(
+        title="movierec",
+        version="0.1.0",
+        description="Sequential movie recommendations (gSASRec) over MovieLens.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        request.state.method = None
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["x-request-id"] = request_id
+            return response
+        finally:
+            seconds = time.perf_counter() - start
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            method = request.state.method or "-"
+            services = getattr(request.app.state, "services", None)
+            if services is not None:
+                services.metrics.requests.labels(endpoint, method, str(status)).observe(seconds)
+            log.info("request", extra={"fields": {
+                "request_id": request_id, "http": request.method, "endpoint": endpoint, "method": method,
+                "status": status, "outcome": "ok" if status < 400 else "client_error" if status < 500 else "error",
+                "latency_ms": round(seconds * 1000, 3),
+            }})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _field_errors(exc)}, status_code=422)
+
+    @app.exception_handler(UnknownMovie)
+    async def unknown_movie(request: Request, exc: UnknownMovie) -> JSONResponse:
+        return JSONResponse({"detail": f"movie_id: {exc.movie_id} is not a known movie"}, status_code=404)
+
+    @app.exception_handler(InvalidValue)
+    async def invalid_value(request: Request, exc: InvalidValue) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(MethodUnavailable)
+    async def unavailable(request: Request, exc: MethodUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    return app
+
+
+def app() -> FastAPI:  # uvicorn --factory movierec.api.app:app
+    return create_app()

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the API (served at /metrics). One registry per app, so tests can make many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Histogram(
+            "movierec_request_seconds", "HTTP request latency by endpoint, method and outcome",
+            ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stage = Histogram(
+            "movierec_stage_seconds", "Latency of model, index and store calls inside requests",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.cache = Counter("movierec_cache_total", "Cache lookups by result", ["result"], registry=r)
+        self.index_version = Gauge(
+            "movierec_index_info", "The index version being served (value 1)", ["kind", "version"], registry=r
+        )
+        self.model_loaded = Gauge("movierec_model_loaded", "1 when the gSASRec model is loaded", registry=r)
+        self.ratings = Counter("movierec_ratings_written_total", "Ratings written through /update_user", registry=r)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(seconds)

@@ -1,0 +1,152 @@
+"""The HTTP endpoints: thin; the work is in serving.Recommender and the store."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from movierec.api import schemas
+from movierec.api.services import Services
+from movierec.index.base import Filters
+
+router = APIRouter()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+Svc = Annotated[Services, Depends(services)]
+
+
+def require_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    expected = request.app.state.services.settings.api_key
+    if expected and x_api_key != expected:
+        raise HTTPException(401, "X-API-Key: missing or wrong API key")
+
+
+def filters_of(body: schemas.FilterFields) -> Filters:
+    return Filters(genres=tuple(body.genres or ()), year_min=body.year_min, year_max=body.year_max,
+                   min_rating=body.min_rating)
+
+
+def _popular_without_model(svc: Services, user_id: int, body, k: int) -> dict:
+    """No model loaded: the most rated movies the user has not rated, straight from the store."""
+    seen = {h.movie_id for h in svc.store.user_history(user_id)} if body.exclude_rated else set()
+    f = filters_of(body)
+    movies = svc.store.popular_movies(k + len(seen), f.genres or None, f.year_min, f.year_max, f.min_rating)
+    items = [{"movie_id": m["movie_id"], "title": m["title"], "year": m["year"], "genres": m["genres"],
+              "score": float(m["rating_count"]), "because": []} for m in movies if m["movie_id"] not in seen][:k]
+    return {"user_id": user_id, "strategy": "popular", "method": body.method, "served_by": "store",
+            "model_version": None, "index_version": None, "cached": False, "items": items}
+
+
+@router.post("/recommend", response_model=schemas.RecommendResponse, tags=["recommend"])
+def recommend(body: schemas.RecommendRequest, svc: Svc, request: Request) -> dict:
+    """Top-k movies for a user from their history (popular movies while the history is short)."""
+    request.state.method = body.method
+    if svc.recommender is None:
+        return _popular_without_model(svc, body.user_id, body, body.k)
+    rec = svc.recommender.recommend(body.user_id, body.k, body.method, filters_of(body), body.exclude_rated)
+    return rec.to_dict()
+
+
+@router.post("/recommend_batch", response_model=schemas.RecommendBatchResponse, tags=["recommend"])
+def recommend_batch(body: schemas.RecommendBatchRequest, svc: Svc, request: Request) -> dict:
+    """Recommendations for up to 1,000 users in one call (one model pass for all of them)."""
+    request.state.method = body.method
+    if svc.recommender is None:
+        return {"results": [_popular_without_model(svc, u, body, body.k) for u in body.user_ids]}
+    recs = svc.recommender.recommend_many(body.user_ids, body.k, body.method, filters_of(body), body.exclude_rated)
+    return {"results": [r.to_dict() for r in recs]}
+
+
+@router.post("/update_user", response_model=schemas.UpdateUserResponse, tags=["users"],
+             dependencies=[Depends(require_key)])
+def update_user(body: schemas.UpdateUserRequest, svc: Svc) -> dict:
+    """Store a rating (acknowledged write), append it to the history and drop the user's cache."""
+    added = svc.store.add_rating(body.user_id, body.movie_id, body.rating, body.timestamp)
+    if svc.recommender is not None:
+        svc.recommender.invalidate(body.user_id)
+    svc.metrics.ratings.inc()
+    return {"user_id": added["user_id"], "movie_id": added["movie_id"], "rating": added["rating"],
+            "n_ratings": added["n_ratings"]}
+
+
+@router.post("/search_movies", response_model=schemas.SearchResponse, tags=["movies"])
+def search_movies(body: schemas.SearchRequest, svc: Svc) -> dict:
+    """Movies whose title matches the query (case-insensitive; best matches first)."""
+    return {"query": body.query, "results": svc.store.search_movies(body.query, body.limit)}
+
+
+@router.get("/user_stats/{user_id}", tags=["users"])
+def user_stats(user_id: int, svc: Svc) -> dict:
+    """A user's rating count, mean rating, first/last activity and top genres."""
+    if user_id < 0:
+        raise HTTPException(422, "user_id: must be non-negative")
+    stats = svc.store.user_stats(user_id)
+    if stats is None:
+        raise HTTPException(404, f"user_id: {user_id} has no ratings")
+    return stats
+
+
+@router.get("/popular_movies", response_model=schemas.PopularResponse, tags=["movies"])
+def popular_movies(
+    svc: Svc,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    genres: Annotated[list[str] | None, Query()] = None,
+    year_min: Annotated[int | None, Query(ge=1800, le=2100)] = None,
+    year_max: Annotated[int | None, Query(ge=1800, le=2100)] = None,
+    min_rating: Annotated[float | None, Query(ge=0, le=5)] = None,
+) -> dict:
+    """The most rated movies, optionally filtered."""
+    return {"results": svc.store.popular_movies(limit, genres, year_min, year_max, min_rating)}
+
+
+@router.get("/health", tags=["ops"])
+def health(svc: Svc) -> JSONResponse:
+    """Status of every dependency: 200 when the API can serve, 503 otherwise."""
+    serving, healthy, components = svc.health()
+    status = "ok" if healthy else "degraded" if serving else "down"
+    return JSONResponse({"status": status, "components": components}, status_code=200 if serving else 503)
+
+
+@router.get("/stats", tags=["ops"])
+def stats(svc: Svc) -> dict:
+    """Counts, model and index versions, cache hit ratio and a latency summary."""
+    rec = svc.recommender
+    latency = {}
+    for metric in svc.metrics.requests.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.value:
+                key = f"{sample.labels['endpoint']} {sample.labels['method']}"
+                latency.setdefault(key, {"count": 0, "sum_ms": 0.0})["count"] += int(sample.value)
+            if sample.name.endswith("_sum") and sample.value:
+                key = f"{sample.labels['endpoint']} {sample.labels['method']}"
+                latency.setdefault(key, {"count": 0, "sum_ms": 0.0})["sum_ms"] += sample.value * 1000
+    for row in latency.values():
+        row["mean_ms"] = round(row["sum_ms"] / row["count"], 3) if row["count"] else None
+        row["sum_ms"] = round(row["sum_ms"], 3)
+    return {
+        "counts": svc.store.counts(),
+        "model_version": rec.model_version if rec else None,
+        "index_versions": {k: svc._version(k, h) for k, h in svc.indexes.items()},
+        "cache": {
+            "kind": svc.cache.kind,
+            "hits": rec.cache_stats.hits if rec else 0,
+            "misses": rec.cache_stats.misses if rec else 0,
+            "hit_ratio": round(rec.cache_stats.ratio, 4) if rec else 0.0,
+        },
+        "latency": latency,
+        "uptime_s": round(time.time() - svc.started, 1),
+    }
+
+
+@router.get("/metrics", tags=["ops"])
+def metrics(svc: Svc) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,163 @@
+"""What the API talks to, built once from Settings: store, cache, model, indexes, and their health.
+
+Every dependency that fails to load is recorded with a reason instead of stopping the server:
+without the model the API serves popular movies; without an index that method answers 503;
+`/health` lists each component and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from movierec.api.metrics import ApiMetrics
+from movierec.cache import Cache, open_cache
+from movierec.model.artifact import ArtifactError, load_artifact
+from movierec.serving.recommender import Recommender
+from movierec.settings import Settings
+from movierec.store import MovieStore, open_store
+
+log = logging.getLogger("movierec.api")
+
+
+@dataclass
+class Component:
+    ok: bool
+    detail: str
+    required: bool = False
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: MovieStore
+    cache: Cache
+    metrics: ApiMetrics
+    recommender: Recommender | None = None
+    indexes: dict[str, Any] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Services:
+        metrics = ApiMetrics()
+        services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path),
+                       open_cache(settings.redis_host, settings.redis_port, settings.redis_db), metrics)
+        services.load_model()
+        services.load_indexes()
+        threading.Thread(target=services._watch_indexes, name="index-watch", daemon=True).start()
+        return services
+
+    def load_model(self) -> None:
+        try:
+            artifact = load_artifact(self.settings.model_path)
+        except ArtifactError as exc:
+            self.problems["model"] = f"{exc}; serving popular movies"
+            log.error("model not loaded", extra={"fields": {"reason": str(exc)}})
+            self.metrics.model_loaded.set(0)
+            return
+        self.recommender = Recommender(
+            artifact, self.store, self.cache, indexes={"faiss": self._faiss, "qdrant": self._qdrant},
+            min_history=self.settings.min_history, ttl=self.settings.cache_ttl_seconds,
+            observe=self.metrics.observe_stage,
+            on_cache=lambda hit: self.metrics.cache.labels("hit" if hit else "miss").inc(),
+        )
+        self.metrics.model_loaded.set(1)
+        log.info("model loaded", extra={"fields": {"path": str(self.settings.model_path),
+                                                   "version": self.recommender.model_version}})
+
+    # -- indexes -----------------------------------------------------------------------------
+    def load_indexes(self) -> None:
+        from movierec.index.base import IndexFileError
+        from movierec.index.store import IndexHolder
+
+        try:
+            self.indexes["faiss"] = IndexHolder(self.settings.faiss_dir)
+            self._index_loaded("faiss", self.indexes["faiss"].index.version)
+        except (IndexFileError, OSError) as exc:
+            self.problems["faiss"] = f"{exc}; method faiss unavailable (exact scoring still works)"
+            log.error("faiss index not loaded", extra={"fields": {"reason": str(exc)}})
+        self._load_qdrant()
+
+    def _load_qdrant(self) -> None:
+        """Qdrant Edge in-process over the model's item embeddings (a Qdrant server when QDRANT_HOST is set)."""
+        if self.recommender is None:
+            self.problems["qdrant"] = "no model loaded; method qdrant unavailable"
+            return
+        try:
+            from movierec.index.base import item_vectors
+
+            vectors = item_vectors(self.recommender.model)
+            catalog = self.recommender.catalog.filters
+            if self.settings.qdrant_host:
+                from movierec.index.qdrant_index import QdrantServerIndex
+
+                index = QdrantServerIndex.connect(self.settings.qdrant_host, self.settings.qdrant_port, vectors, catalog)
+            else:
+                from movierec.index.qdrant_index import QdrantEdgeIndex
+
+                index = QdrantEdgeIndex.build(vectors, catalog)
+            self.indexes["qdrant"] = index
+            self._index_loaded("qdrant", index.version)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the method unavailable, with the reason
+            self.problems["qdrant"] = f"{exc}; method qdrant unavailable"
+            log.error("qdrant index not loaded", extra={"fields": {"reason": str(exc)}})
+
+    def _index_loaded(self, kind: str, version: str) -> None:
+        self.problems.pop(kind, None)
+        self.metrics.index_version.clear()
+        for name, holder in self.indexes.items():
+            self.metrics.index_version.labels(name, self._version(name, holder)).set(1)
+        log.info("index loaded", extra={"fields": {"kind": kind, "version": version}})
+
+    @staticmethod
+    def _version(kind: str, holder: Any) -> str:
+        return holder.index.version if kind == "faiss" else holder.version
+
+    def _faiss(self):
+        return self.indexes.get("faiss")
+
+    def _qdrant(self):
+        return self.indexes.get("qdrant")
+
+    def _watch_indexes(self) -> None:
+        """Swap to a new FAISS version when CURRENT changes; load it if it appears after start."""
+        while not self._stop.wait(self.settings.index_poll_seconds):
+            try:
+                holder = self.indexes.get("faiss")
+                if holder is None:
+                    self.load_indexes() if "faiss" in self.problems else None
+                elif holder.reload_if_changed():
+                    self._index_loaded("faiss", holder.index.version)
+            except Exception as exc:  # noqa: BLE001 - keep serving the old index
+                log.error("index reload failed", extra={"fields": {"reason": str(exc)}})
+
+    # -- health ------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, bool, dict[str, dict[str, Any]]]:
+        """(can serve, fully healthy, components)."""
+        parts: dict[str, Component] = {}
+        store_ok = self.store.ping()
+        parts["store"] = Component(store_ok, self.store.location, required=True)
+        cache_ok, cache_detail = self.cache.health()
+        parts["cache"] = Component(cache_ok, cache_detail)
+        parts["model"] = Component(self.recommender is not None,
+                                   self.problems.get("model", str(self.settings.model_path)))
+        for kind in ("faiss", "qdrant"):
+            holder = self.indexes.get(kind)
+            parts[kind] = Component(holder is not None,
+                                    self.problems.get(kind) or f"version {self._version(kind, holder)}")
+        remote = getattr(self.recommender, "remote", None) if self.recommender else None
+        if remote is not None:
+            ok, detail = remote.health()
+            parts["torchserve"] = Component(ok, detail)
+        serving = all(p.ok for p in parts.values() if p.required)
+        healthy = serving and all(p.ok for p in parts.values())
+        return serving, healthy, {k: {"ok": p.ok, "detail": p.detail} for k, p in parts.items()}
+
+    def close(self) -> None:
+        self._stop.set()
+        self.store.close()

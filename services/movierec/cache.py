@@ -1,0 +1,118 @@
+"""The cache for user histories, user vectors and responses: Redis when REDIS_HOST is set, in-process otherwise.
+
+Values are bytes. Keys of one user share a prefix so `/update_user` can drop them all at once.
+When Redis fails, the cache reports a miss (or drops the write), counts the error and marks
+itself degraded; the API keeps serving uncached and `/health` says why.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import redis
+
+
+class Cache(Protocol):
+    kind: str
+
+    def get(self, key: str) -> bytes | None: ...
+    def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def health(self) -> tuple[bool, str]: ...
+
+
+def user_prefix(user_id: int) -> str:
+    return f"movierec:user:{user_id}:"
+
+
+class MemoryCache:
+    """A bounded LRU with per-entry expiry; thread-safe."""
+
+    kind = "memory"
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            if entry[0] < time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return entry[1]
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        with self._lock:
+            self._data[key] = (time.monotonic() + ttl, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def delete_prefix(self, prefix: str) -> None:
+        with self._lock:
+            for key in [k for k in self._data if k.startswith(prefix)]:
+                del self._data[key]
+
+    def health(self) -> tuple[bool, str]:
+        return True, f"in-process ({len(self._data)} entries)"
+
+
+class RedisCache:
+    """redis-py with short timeouts; errors degrade to misses instead of failing requests."""
+
+    kind = "redis"
+
+    def __init__(self, host: str, port: int = 6379, db: int = 0, timeout: float = 0.25) -> None:
+        self.client = redis.Redis(
+            host=host, port=port, db=db, socket_timeout=timeout, socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+        self.address = f"{host}:{port}/{db}"
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.client.get(key)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return None
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        try:
+            self.client.set(key, value, ex=ttl)
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under prefix (SCAN, never KEYS)."""
+        try:
+            keys = list(self.client.scan_iter(match=prefix + "*", count=500))
+            if keys:
+                self.client.delete(*keys)
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            self.client.ping()
+            return True, f"redis {self.address}"
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return False, f"redis {self.address} unreachable ({type(exc).__name__}); serving uncached"
+
+
+def open_cache(host: str | None, port: int = 6379, db: int = 0) -> Cache:
+    return RedisCache(host, port, db) if host else MemoryCache()

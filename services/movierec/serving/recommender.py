@@ -1,0 +1,239 @@
+"""The recommendation service behind the API: history → user vector → top-k, with caching and fallbacks.
+
+Methods:
+  torchserve  the gSASRec model scores every item (remote TorchServe/KServe when configured, else in-process)
+  faiss       the model's user vector, top-k from the FAISS index over the output item embeddings
+  qdrant      the same vector, Qdrant search (filters run inside the engine)
+  popular     most-rated movies of the training data
+A user with fewer than `min_history` known ratings gets popular movies (`strategy: popular`).
+`because` lists up to three movies from the user's history with the highest attention weight
+of the model's last block at the most recent position: what the model looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from movierec.cache import Cache, user_prefix
+from movierec.model.artifact import Artifact
+from movierec.index.base import Filters
+from movierec.serving.catalog import Catalog
+from movierec.train.batches import left_pad
+
+METHODS = ("torchserve", "faiss", "qdrant", "popular")
+BECAUSE = 3
+
+
+class HistoryStore(Protocol):
+    def user_history(self, user_id: int, limit: int | None = None) -> list[tuple[int, float, int]]: ...
+
+
+class VectorSearch(Protocol):
+    version: str
+
+    def search(self, vectors: np.ndarray, k: int, filters: Any = None, exclude: Any = None) -> list: ...
+
+
+class MethodUnavailable(RuntimeError):
+    """The requested method has no backend right now (e.g. the FAISS index is missing)."""
+
+
+@dataclass
+class Recommendation:
+    user_id: int
+    strategy: str
+    method: str
+    served_by: str
+    items: list[dict[str, Any]]
+    model_version: str | None = None
+    index_version: str | None = None
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id, "strategy": self.strategy, "method": self.method, "served_by": self.served_by,
+            "model_version": self.model_version, "index_version": self.index_version, "cached": self.cached,
+            "items": self.items,
+        }
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    on_count: Callable[[bool], None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, hit: bool) -> None:
+        with self.lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+        if self.on_count:
+            self.on_count(hit)
+
+    @property
+    def ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class Recommender:
+    def __init__(
+        self,
+        artifact: Artifact,
+        store: HistoryStore,
+        cache: Cache,
+        *,
+        indexes: dict[str, Callable[[], VectorSearch | None]] | None = None,
+        min_history: int = 3,
+        ttl: int = 300,
+        observe: Callable[[str, float], None] | None = None,
+        on_cache: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.model = artifact.model.eval()
+        self.catalog = Catalog(artifact.items)
+        self.store, self.cache = store, cache
+        self.indexes = indexes or {}
+        self.min_history, self.ttl = min_history, ttl
+        self.model_version = str(artifact.manifest.get("files", {}).get("model.pt", ""))[:12] or None
+        self.cache_stats = CacheStats(on_count=on_cache)
+        self.observe = observe or (lambda stage, seconds: None)
+        counts = artifact.items.column("rating_count").to_numpy() if "rating_count" in artifact.items.column_names \
+            else np.zeros(self.catalog.size)
+        self.popularity = np.zeros(self.catalog.size + 1)
+        self.popularity[artifact.items.column("item_idx").to_numpy()] = counts
+        self.popularity[0] = -np.inf
+        self.popularity -= np.arange(self.catalog.size + 1) * 1e-9  # deterministic ties: lower item_idx first
+        self.remote: Any = None  # a TorchServe client (issue #4) plugs in here
+
+    # -- histories ---------------------------------------------------------------------------
+    def history(self, user_id: int) -> np.ndarray:
+        """The user's known item_idx, oldest first (cached; dropped on update)."""
+        key = user_prefix(user_id) + "history"
+        raw = self.cache.get(key)
+        self.cache_stats.count(raw is not None)
+        if raw is not None:
+            return np.frombuffer(raw, dtype=np.int64)
+        start = time.perf_counter()
+        rows = self.store.user_history(user_id)
+        self.observe("store", time.perf_counter() - start)
+        items = self.catalog.to_item_idx([movie for movie, _, _ in rows])
+        self.cache.set(key, items.astype(np.int64).tobytes(), self.ttl)
+        return items
+
+    def invalidate(self, user_id: int) -> None:
+        self.cache.delete_prefix(user_prefix(user_id))
+
+    # -- the model ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """User vectors [U, d] and, per user, the last-block attention over their (cropped) history."""
+        start = time.perf_counter()
+        seq_len = self.model.cfg.seq_len
+        width = max(1, min(seq_len, max(len(h) for h in histories)))
+        items = torch.from_numpy(left_pad([np.asarray(h) for h in histories], width))
+        vectors, weights = self.model.user_vectors_with_attention(items)
+        attention = [weights[i, width - min(len(h), width):].numpy() for i, h in enumerate(histories)]
+        self.observe("model", time.perf_counter() - start)
+        return vectors.numpy(), attention
+
+    def because(self, history: np.ndarray, attention: np.ndarray) -> list[str]:
+        recent = history[-len(attention):] if len(attention) else history[:0]
+        top = np.argsort(-attention, kind="stable")[:BECAUSE]
+        return [self.catalog.titles[int(recent[i])] or str(self.catalog.movie_ids[int(recent[i])]) for i in top]
+
+    # -- ranking -----------------------------------------------------------------------------
+    def _exact(self, vectors: np.ndarray, k: int, allowed: np.ndarray, seen: list[np.ndarray]) -> list:
+        start = time.perf_counter()
+        scores = torch.from_numpy(vectors) @ self.model.output_embeddings.detach().T
+        scores[:, torch.from_numpy(~allowed)] = -torch.inf
+        for row, items in enumerate(seen):
+            if len(items):
+                scores[row, torch.from_numpy(items)] = -torch.inf
+        values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        self.observe("exact_topk", time.perf_counter() - start)
+        return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices.numpy(), values.numpy())]
+
+    def _indexed(self, method: str, vectors: np.ndarray, k: int, filters: Filters, seen: list[np.ndarray]):
+        getter = self.indexes.get(method)
+        index = getter() if getter else None
+        if index is None:
+            raise MethodUnavailable(f"method {method!r}: no {method} index is loaded")
+        start = time.perf_counter()
+        results = index.search(vectors.astype(np.float32), k, None if filters.is_empty() else filters, seen)
+        self.observe(f"{method}_search", time.perf_counter() - start)
+        return results, index.version
+
+    def _popular(self, k: int, allowed: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.where(allowed, self.popularity, -np.inf)
+        if len(seen):
+            scores[seen] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        top = top[np.isfinite(scores[top])]
+        return top, scores[top]
+
+    def recommend_many(
+        self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
+        exclude_rated: bool = True,
+    ) -> list[Recommendation]:
+        """Recommendations for several users with one model pass for all sequence users."""
+        filters = filters or Filters()
+        results: dict[int, Recommendation] = {}
+        keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
+        for u in dict.fromkeys(user_ids):
+            raw = self.cache.get(keys[u])
+            self.cache_stats.count(raw is not None)
+            if raw is not None:
+                results[u] = Recommendation(**{**json.loads(raw), "cached": True})
+        todo = [u for u in dict.fromkeys(user_ids) if u not in results]
+        histories = {u: self.history(u) for u in todo}
+        allowed = self.catalog.allowed(filters)
+        sequence_users = [u for u in todo if method != "popular" and len(histories[u]) >= self.min_history]
+        for u in todo:
+            if u not in sequence_users:
+                seen = histories[u] if exclude_rated else np.empty(0, np.int64)
+                items, scores = self._popular(k, allowed, seen)
+                results[u] = self._build(u, "popular", method, "in-process", items, scores, None, None)
+        if sequence_users:
+            hs = [histories[u] for u in sequence_users]
+            seen = [h if exclude_rated else np.empty(0, np.int64) for h in hs]
+            vectors, attention = self.encode(hs)
+            index_version, served_by = None, "in-process"
+            if method == "torchserve":
+                ranked = self._exact(vectors, k, allowed, seen)
+            else:
+                ranked, index_version = self._indexed(method, vectors, k, filters, seen)
+                served_by = method
+            for u, h, att, (items, scores) in zip(sequence_users, hs, attention, ranked):
+                results[u] = self._build(u, "sequence", method, served_by, items, scores, self.because(h, att),
+                                         index_version)
+        for u in todo:
+            self.cache.set(keys[u], json.dumps(results[u].to_dict()).encode(), self.ttl)
+        return [results[u] for u in user_ids]
+
+    def recommend(self, user_id: int, k: int, method: str = "torchserve", filters: Filters | None = None,
+                  exclude_rated: bool = True) -> Recommendation:
+        return self.recommend_many([user_id], k, method, filters, exclude_rated)[0]
+
+    def _build(self, user_id, strategy, method, served_by, items, scores, because, index_version) -> Recommendation:
+        rows = [
+            {**self.catalog.describe(int(i)), "score": round(float(s), 6), "because": because or []}
+            for i, s in zip(items, scores)
+        ]
+        return Recommendation(user_id, strategy, method, served_by, rows, self.model_version, index_version)
+
+    @staticmethod
+    def _response_key(user_id: int, k: int, method: str, f: Filters, exclude_rated: bool) -> str:
+        genres = ",".join(sorted(f.genres))
+        return f"{user_prefix(user_id)}rec:{method}:{k}:{genres}:{f.year_min}:{f.year_max}:{f.min_rating}:{exclude_rated}"

@@ -1,0 +1,53 @@
+"""Every setting movierec reads from the environment, in one place (pydantic-settings).
+
+Names are the ones operators already use (MONGO_URI, REDIS_HOST, ...). Unset servers mean the
+embedded default: SQLite instead of MongoDB, an in-process cache instead of Redis, Qdrant Edge
+instead of a Qdrant server, the model in-process instead of TorchServe.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    movierec_home: Path = Field(Path("artifacts"), description="Root of models, indexes and the embedded database.")
+    model_dir: Path | None = Field(None, description="Model artifact folder (default: MOVIEREC_HOME/model).")
+    api_key: str | None = Field(None, description="When set, write endpoints require header X-API-Key.")
+
+    mongo_uri: str | None = None
+    redis_host: str | None = None
+    redis_port: int = 6379
+    redis_db: int = 0
+    qdrant_host: str | None = None
+    qdrant_port: int = 6333
+    torchserve_host: str | None = None
+    torchserve_port: int = 8080
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+
+    cache_ttl_seconds: int = Field(300, description="TTL of cached histories, user vectors and responses.")
+    min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")
+    index_poll_seconds: float = Field(5.0, description="How often the API looks for a new index version.")
+
+    @cached_property
+    def model_path(self) -> Path:
+        return self.model_dir or self.movierec_home / "model"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.movierec_home / "store.sqlite"
+
+    @property
+    def faiss_dir(self) -> Path:
+        return self.movierec_home / "index" / "faiss"
+
+    @property
+    def qdrant_dir(self) -> Path:
+        return self.movierec_home / "index" / "qdrant"
