@@ -43,3 +43,18 @@ def pattern_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pattern_prepared(pattern_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare(pattern_source, tmp_path_factory.mktemp("prepared") / "pattern", val_users=100, progress=False)
+
+
+PATTERN_TRAIN = dict(seq_len=32, dim=32, negatives=8, batch_size=32, dropout=0.1, lr=5e-3, warmup_steps=10, threads=2)
+
+
+@pytest.fixture(scope="session")
+def pattern_model(pattern_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small gSASRec trained on the pattern set (shared by every test that only reads it)."""
+    from movierec.data.prepared import load_prepared
+    from movierec.train.trainer import Trainer, TrainConfig
+
+    out = tmp_path_factory.mktemp("model") / "pattern"
+    cfg = TrainConfig(max_steps=200, eval_every_steps=100, **PATTERN_TRAIN)
+    Trainer(load_prepared(pattern_prepared), out, cfg).fit(show_progress=False)
+    return out

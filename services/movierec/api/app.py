@@ -25,7 +25,9 @@ def _field_errors(exc: RequestValidationError) -> str:
     """'k: Input should be less than or equal to 1000; rating: ...' from pydantic's error list."""
     parts = []
     for error in exc.errors():
-        location = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        location = [str(p) for p in error.get("loc", ())]
+        if location and location[0] in ("body", "query", "path", "header"):
+            location = location[1:]  # where it came from, not the field
         field = ".".join(location) or "body"
         parts.append(f"{field}: {error.get('msg', 'invalid')}")
     return "; ".join(parts)

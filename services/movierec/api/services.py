@@ -23,6 +23,23 @@ from movierec.store import MovieStore, open_store
 log = logging.getLogger("movierec.api")
 
 
+QDRANT_COLLECTION = "movierec-items"
+
+
+def qdrant_collection(client: Any, vectors: Any, catalog: Any, collection: str = QDRANT_COLLECTION) -> Any:
+    """The server collection for these item vectors: reused when it already holds them, else (re)built."""
+    from movierec.index.base import content_version
+    from movierec.index.qdrant_index import QdrantServerIndex
+
+    version = content_version(vectors)
+    if client.collection_exists(collection):
+        existing = QdrantServerIndex(client, collection)
+        if existing.version == version and existing.size == len(vectors):
+            return existing
+    log.info("building qdrant collection", extra={"fields": {"collection": collection, "version": version}})
+    return QdrantServerIndex.build(client, collection, vectors, catalog, version=version)
+
+
 @dataclass
 class Component:
     ok: bool
@@ -44,6 +61,13 @@ class Services:
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
+        import faiss
+        import torch
+
+        # one request = one small forward pass and one search: parallelism comes from serving
+        # requests concurrently, and nested thread pools only fight over the cores
+        torch.set_num_threads(settings.torch_threads)
+        faiss.omp_set_num_threads(1)
         metrics = ApiMetrics()
         services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path),
                        open_cache(settings.redis_host, settings.redis_port, settings.redis_db), metrics)
@@ -72,6 +96,10 @@ class Services:
 
     # -- indexes -----------------------------------------------------------------------------
     def load_indexes(self) -> None:
+        self._load_faiss()
+        self._load_qdrant()
+
+    def _load_faiss(self) -> None:
         from movierec.index.base import IndexFileError
         from movierec.index.store import IndexHolder
 
@@ -79,9 +107,10 @@ class Services:
             self.indexes["faiss"] = IndexHolder(self.settings.faiss_dir)
             self._index_loaded("faiss", self.indexes["faiss"].index.version)
         except (IndexFileError, OSError) as exc:
-            self.problems["faiss"] = f"{exc}; method faiss unavailable (exact scoring still works)"
-            log.error("faiss index not loaded", extra={"fields": {"reason": str(exc)}})
-        self._load_qdrant()
+            problem = f"{exc}; method faiss unavailable (exact scoring still works)"
+            if self.problems.get("faiss") != problem:  # log once, not at every poll
+                log.error("faiss index not loaded", extra={"fields": {"reason": str(exc)}})
+            self.problems["faiss"] = problem
 
     def _load_qdrant(self) -> None:
         """Qdrant Edge in-process over the model's item embeddings (a Qdrant server when QDRANT_HOST is set)."""
@@ -94,9 +123,10 @@ class Services:
             vectors = item_vectors(self.recommender.model)
             catalog = self.recommender.catalog.filters
             if self.settings.qdrant_host:
-                from movierec.index.qdrant_index import QdrantServerIndex
+                from qdrant_client import QdrantClient
 
-                index = QdrantServerIndex.connect(self.settings.qdrant_host, self.settings.qdrant_port, vectors, catalog)
+                client = QdrantClient(host=self.settings.qdrant_host, port=self.settings.qdrant_port, timeout=5)
+                index = qdrant_collection(client, vectors, catalog)
             else:
                 from movierec.index.qdrant_index import QdrantEdgeIndex
 
@@ -119,7 +149,8 @@ class Services:
         return holder.index.version if kind == "faiss" else holder.version
 
     def _faiss(self):
-        return self.indexes.get("faiss")
+        holder = self.indexes.get("faiss")
+        return holder.index if holder is not None else None  # the version current when the request starts
 
     def _qdrant(self):
         return self.indexes.get("qdrant")
@@ -130,7 +161,7 @@ class Services:
             try:
                 holder = self.indexes.get("faiss")
                 if holder is None:
-                    self.load_indexes() if "faiss" in self.problems else None
+                    self._load_faiss()
                 elif holder.reload_if_changed():
                     self._index_loaded("faiss", holder.index.version)
             except Exception as exc:  # noqa: BLE001 - keep serving the old index

@@ -53,8 +53,13 @@ def demo(
     retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
     offline: Annotated[bool, typer.Option(help="Never try to download.")] = False,
     user: Annotated[int | None, typer.Option(help="MovieLens userId to recommend for (default: the first one).")] = None,
+    serve: Annotated[bool, typer.Option(help="Finish by serving the API (Ctrl-C stops it).")] = True,
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
 ) -> None:
-    """Run the whole pipeline on embedded defaults: no server needed, everything reused on the next run."""
+    """Run the whole pipeline on embedded defaults: no server needed, everything reused on the next run.
+
+    data → prepare → train → evaluate → SQLite store → FAISS index → recommendations → API on localhost.
+    """
     from movierec.cli.model import evaluation_rows, print_metrics, recommend
     from movierec.data.prepare import prepare
     from movierec.data.prepared import load_prepared
@@ -70,7 +75,7 @@ def demo(
     else:
         out.print(f"prepared data reused from {prepared_dir}")
     data = load_prepared(prepared_dir)
-    model_dir = home / "models" / source.name
+    model_dir = home / "model"
     out.rule("[bold]3. train")
     if retrain or not (model_dir / "manifest.json").is_file():
         # a small dataset needs fewer negatives than ML-1M; everything else is the paper's setup
@@ -82,7 +87,59 @@ def demo(
         out.print(f"model reused from {model_dir} (use --retrain to train again)")
     out.rule("[bold]4. evaluate")
     print_metrics(evaluation_rows(model_dir, prepared_dir, "val"), "validation users, full ranking")
-    out.rule("[bold]5. recommend")
+    out.rule("[bold]5. store and index")
+    load_store(data, home)
+    build_index(model_dir, home)
+    out.rule("[bold]6. recommend")
     user_id = user if user is not None else int(data.users.column("user_id")[0].as_py())
     recommend(model_dir=model_dir, user=user_id, k=10, data=prepared_dir, as_json=False)
-    out.print(f"\nnext: [bold]movierec recommend --model {model_dir} --user {user_id}[/bold]")
+    if serve:
+        from movierec.cli.serve import serve as serve_api
+
+        out.rule("[bold]7. API")
+        out.print(CURL.format(port=port))
+        serve_api(home=home, host="127.0.0.1", port=port, workers=1)
+
+
+CURL = """API on http://localhost:{port} (OpenAPI: http://localhost:{port}/docs). Try:
+  curl -s -X POST localhost:{port}/recommend -H 'content-type: application/json' -d '{{"user_id": 1, "k": 10, "method": "torchserve"}}'
+  curl -s -X POST localhost:{port}/update_user -H 'content-type: application/json' -d '{{"user_id": 1, "movie_id": 123, "rating": 4.5}}'
+  curl -s -X POST localhost:{port}/search_movies -H 'content-type: application/json' -d '{{"query": "Matrix", "limit": 20}}'
+  curl -s localhost:{port}/user_stats/1
+  curl -s 'localhost:{port}/popular_movies?limit=100'
+Ctrl-C stops it."""
+
+
+def load_store(data, home: Path) -> None:
+    """Fill the embedded SQLite store once (the API's movies, ratings and users)."""
+    from movierec.settings import Settings
+    from movierec.store import open_store
+
+    path = Settings(movierec_home=home).sqlite_path
+    with open_store(None, path) as store:
+        if store.counts()["ratings"]:
+            out.print(f"store reused: {path}")
+            return
+        counts = store.load_prepared(data)
+    out.print(f"store {path}: {counts['movies']:,} movies, {counts['ratings']:,} ratings, {counts['users']:,} users")
+
+
+def build_index(model_dir: Path, home: Path) -> None:
+    """Build the FAISS index of the current model unless the current version already indexes it."""
+    import json
+
+    from movierec.index.base import IndexFileError
+    from movierec.index.store import build_from_model, load_index
+    from movierec.settings import Settings
+
+    root = Settings(movierec_home=home).faiss_dir
+    model_sha = json.loads((model_dir / "manifest.json").read_text())["files"]["model.pt"]
+    try:
+        index = load_index(root)
+        if json.loads((root / index.version / "manifest.json").read_text()).get("source", {}).get("model_sha256") == model_sha:
+            out.print(f"index reused: {root} (version {index.version})")
+            return
+    except (IndexFileError, OSError, ValueError):
+        pass
+    version = build_from_model(model_dir, root)
+    out.print(f"index built: {root} (version {version})")

@@ -1,0 +1,210 @@
+"""Serving benchmark: the real API (uvicorn) on a synthetic ML-32M-sized catalog, load from another process.
+
+    python bench/serve.py                    # build the catalog once in --home, then every scenario
+    python bench/serve.py --seconds 20 --concurrency 8 --workers 2
+
+Catalog: 87,585 movies (ML-32M's count) with synthetic metadata, 5,000 users with 20-200 ratings,
+a gSASRec model of the paper's shape (d=128, 2 blocks, L=200; random weights: speed does not
+depend on them), the SQLite store and a flat FAISS index. The API runs as `movierec serve`; the
+load generator is this script in a separate process (httpx, keep-alive, N concurrent clients).
+Each scenario reports client-side p50/p99 latency and requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import REPO, header  # noqa: E402
+
+ITEMS, USERS = 87_585, 5_000
+
+
+def build_home(home: Path, seed: int = 0) -> None:
+    """Prepared data, model artifact, SQLite store and FAISS index, once."""
+    if (home / "index" / "faiss" / "CURRENT").is_file():
+        return
+    import torch
+
+    from movierec.data.prepared import load_prepared, write_prepared
+    from movierec.data.prepare import user_table
+    from movierec.index.store import build_from_model
+    from movierec.index.synth import synthetic_items
+    from movierec.model.artifact import save_artifact
+    from movierec.model.gsasrec import GSASRec, ModelConfig
+    from movierec.store import open_store
+
+    print(f"building the catalog in {home} ...", file=sys.stderr)
+    rng = np.random.default_rng(seed)
+    items = synthetic_items(rng, ITEMS)
+    lengths = rng.integers(20, 201, USERS)
+    popularity = 1.0 / np.arange(1, ITEMS + 1) ** 0.9
+    popularity /= popularity.sum()
+    seqs = [rng.choice(ITEMS, size=n, replace=False, p=popularity) + 1 for n in lengths]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    times = np.concatenate([1_500_000_000 + np.arange(n) * 60 for n in lengths])
+    user_ids = np.arange(1, USERS + 1)
+    prepared = home / "prepared"
+    write_prepared(
+        prepared, seq_offsets=offsets, seq_items=np.concatenate(seqs),
+        seq_ratings=rng.integers(1, 11, offsets[-1]) / 2, seq_timestamps=times, train_len=lengths - 1,
+        val_users=np.arange(0, 512), test_users=np.arange(USERS), items=items,
+        users=user_table(user_ids, lengths), manifest={"source": "bench/serve.py synthetic catalog"},
+    )
+    data = load_prepared(prepared)
+    torch.manual_seed(seed)
+    model = GSASRec(ModelConfig(num_items=ITEMS)).eval()
+    save_artifact(home / "model", model, items, train_config={}, data_manifest=data.manifest, metrics={})
+    with open_store(None, home / "store.sqlite") as store:
+        store.load_prepared(data, progress=False)
+    build_from_model(home / "model", home / "index" / "faiss")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_api(home: Path, port: int, workers: int) -> subprocess.Popen:
+    movierec = Path(sys.executable).parent / "movierec"
+    proc = subprocess.Popen(
+        [str(movierec), "serve", "--home", str(home), "--port", str(port), "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("the API exited during start-up")
+        time.sleep(0.5)
+    raise SystemExit("the API did not become healthy in 180 s")
+
+
+# ------------------------------------------------------------------------------------------------
+# the load generator (runs in its own process: `--load SCENARIO`)
+# ------------------------------------------------------------------------------------------------
+def scenario_request(name: str, i: int) -> tuple[str, dict]:
+    user = 1 + (i * 7919) % USERS  # distinct users (cold caches) in a fixed order
+    if name == "torchserve":
+        return "/recommend", {"user_id": user, "k": 10, "method": "torchserve"}
+    if name == "faiss":
+        return "/recommend", {"user_id": user, "k": 10, "method": "faiss"}
+    if name == "qdrant-filtered":
+        return "/recommend", {"user_id": user, "k": 10, "method": "qdrant", "genres": ["Drama", "Comedy"],
+                              "year_min": 1990, "year_max": 2010}
+    if name == "cached":
+        return "/recommend", {"user_id": 42, "k": 10, "method": "torchserve"}
+    if name == "batch100":
+        return "/recommend_batch", {"user_ids": [1 + (i * 100 + j) % USERS for j in range(100)], "k": 10,
+                                    "method": "torchserve"}
+    raise ValueError(name)
+
+
+async def load(url: str, name: str, seconds: float, concurrency: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(10**9))
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=concurrency), timeout=30) as client:
+        path, body = scenario_request(name, 0)
+        await client.post(path, json=body)  # warm-up
+        end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < end:
+                path, body = scenario_request(name, next(counter))
+                start = time.perf_counter()
+                r = await client.post(path, json=body)
+                latencies.append(time.perf_counter() - start)
+                errors += r.status_code != 200
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"n": len(ms), "errors": errors, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "rps": len(ms) / elapsed}
+
+
+def run_load(url: str, name: str, seconds: float, concurrency: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--load", name, "--url", url, "--seconds", str(seconds),
+         "--concurrency", str(concurrency)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SCENARIOS = {
+    "torchserve": ("`torchserve` (in-process model, exact top-k)", "p50 ≤ 5 ms, ≥ 300 req/s"),
+    "faiss": ("`faiss` (model user vector + FAISS flat)", "p50 ≤ 5 ms, ≥ 300 req/s"),
+    "cached": ("repeat request (response cache)", "≥ 1,000 req/s"),
+    "qdrant-filtered": ("`qdrant` + genre/year filter (Qdrant Edge)", "≥ 200 req/s"),
+    "batch100": ("`recommend_batch` of 100 users", "≤ 150 ms"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "movierec-bench-serve")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--load", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        print(json.dumps(asyncio.run(load(args.url, args.load, args.seconds, args.concurrency))))
+        return
+
+    build_home(args.home)
+    port = free_port()
+    api = start_api(args.home, port, args.workers)
+    url = f"http://127.0.0.1:{port}"
+    results = {}
+    try:
+        for name in args.scenarios.split(","):
+            print(f"{name} ...", file=sys.stderr)
+            concurrency = 1 if name == "batch100" else args.concurrency
+            results[name] = run_load(url, name, args.seconds, concurrency)
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(timeout=30)
+    print(header())
+    print(f"# API: movierec serve, {args.workers} uvicorn worker(s); load: {args.concurrency} concurrent keep-alive "
+          f"clients in another process, {args.seconds:.0f} s per row; {ITEMS:,} movies, {USERS:,} users")
+    print()
+    print("| scenario | target | p50 ms | p99 ms | req/s | requests | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        label, target = SCENARIOS[name]
+        print(f"| {label} | {target} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:,.0f} | {r['n']:,} | {r['errors']} |")
+    print()
+    print("Published figures of the design this replaces: TorchServe 50 ms / 20 QPS, FAISS 15 ms / 66 QPS, "
+          "Qdrant 25 ms / 40 QPS, MongoDB 5 ms / 200 QPS, Redis 1 ms / 1,000 QPS.")
+
+
+if __name__ == "__main__":
+    main()
