@@ -102,6 +102,7 @@ class Recommender:
     ) -> None:
         self.artifact = artifact
         self.model = artifact.model.eval()
+        self.item_weights = self.model.output_embeddings.detach().contiguous()
         self.catalog = Catalog(artifact.items)
         self.store, self.cache = store, cache
         self.indexes = indexes or {}
@@ -154,13 +155,16 @@ class Recommender:
         return [self.catalog.titles[int(recent[i])] or str(self.catalog.movie_ids[int(recent[i])]) for i in top]
 
     # -- ranking -----------------------------------------------------------------------------
-    def _exact(self, vectors: np.ndarray, k: int, allowed: np.ndarray, seen: list[np.ndarray]) -> list:
+    def _exact(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None, seen: list[np.ndarray]) -> list:
+        """Exact top-k over every item; `allowed` is None when no filter is set."""
         start = time.perf_counter()
-        scores = torch.from_numpy(vectors) @ self.model.output_embeddings.detach().T
-        scores[:, torch.from_numpy(~allowed)] = -torch.inf
+        scores = torch.from_numpy(vectors) @ self.item_weights.T
+        scores[:, 0] = -torch.inf  # padding
+        if allowed is not None:
+            scores.masked_fill_(~torch.from_numpy(allowed), -torch.inf)
         for row, items in enumerate(seen):
             if len(items):
-                scores[row, torch.from_numpy(items)] = -torch.inf
+                scores[row].index_fill_(0, torch.from_numpy(items), -torch.inf)
         values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         self.observe("exact_topk", time.perf_counter() - start)
         return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices.numpy(), values.numpy())]
@@ -175,8 +179,8 @@ class Recommender:
         self.observe(f"{method}_search", time.perf_counter() - start)
         return results, index.version
 
-    def _popular(self, k: int, allowed: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.where(allowed, self.popularity, -np.inf)
+    def _popular(self, k: int, allowed: np.ndarray | None, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.popularity.copy() if allowed is None else np.where(allowed, self.popularity, -np.inf)
         if len(seen):
             scores[seen] = -np.inf
         top = np.argsort(-scores, kind="stable")[:k]
@@ -198,7 +202,7 @@ class Recommender:
                 results[u] = Recommendation(**{**json.loads(raw), "cached": True})
         todo = [u for u in dict.fromkeys(user_ids) if u not in results]
         histories = {u: self.history(u) for u in todo}
-        allowed = self.catalog.allowed(filters)
+        allowed = None if filters.is_empty() else self.catalog.allowed(filters)
         sequence_users = [u for u in todo if method != "popular" and len(histories[u]) >= self.min_history]
         for u in todo:
             if u not in sequence_users:
