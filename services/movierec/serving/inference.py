@@ -31,6 +31,23 @@ def user_vectors(model: GSASRec, histories: Sequence[np.ndarray]) -> torch.Tenso
     return model.user_vectors(items.to(model.output_embeddings.device))
 
 
+def masked_scores(
+    vectors: torch.Tensor,
+    item_weights: torch.Tensor,
+    allowed: np.ndarray | None = None,
+    exclude: Sequence[np.ndarray] = (),
+) -> torch.Tensor:
+    """Inner products [U, num_items + 1] with padding, disallowed items and exclude[u] set to -inf."""
+    scores = vectors @ item_weights.T
+    scores[:, PADDING_IDX] = -torch.inf
+    if allowed is not None:
+        scores.masked_fill_(~torch.from_numpy(allowed).to(scores.device), -torch.inf)
+    for row, items in enumerate(exclude):
+        if len(items):
+            scores[row].index_fill_(0, torch.from_numpy(np.asarray(items, dtype=np.int64)).to(scores.device), -torch.inf)
+    return scores
+
+
 @torch.no_grad()
 def top_k(
     model: GSASRec,
@@ -44,17 +61,12 @@ def top_k(
     Padding is never returned; with `exclude_seen` the items in each history are removed, and
     `exclude[u]` removes more item_idx for user u.
     """
-    vectors = user_vectors(model, histories)
-    scores = vectors @ model.output_embeddings.T
-    scores[:, PADDING_IDX] = -torch.inf
-    for row in range(len(histories)):
-        drop = []
-        if exclude_seen and len(histories[row]):
-            drop.append(np.asarray(histories[row], dtype=np.int64))
-        if exclude is not None and len(exclude[row]):
-            drop.append(np.asarray(exclude[row], dtype=np.int64))
-        if drop:
-            scores[row, torch.from_numpy(np.concatenate(drop))] = -torch.inf
-    k = min(k, scores.shape[1] - 1)
-    values, indices = torch.topk(scores, k, dim=1)
+    drop = []
+    for row, history in enumerate(histories):
+        parts = [np.asarray(history, dtype=np.int64)] if exclude_seen else []
+        if exclude is not None:
+            parts.append(np.asarray(exclude[row], dtype=np.int64))
+        drop.append(np.concatenate(parts) if parts else np.empty(0, np.int64))
+    scores = masked_scores(user_vectors(model, histories), model.output_embeddings, exclude=drop)
+    values, indices = torch.topk(scores, min(k, scores.shape[1] - 1), dim=1)
     return TopK(items=indices.cpu().numpy(), scores=values.float().cpu().numpy())

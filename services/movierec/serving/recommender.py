@@ -26,6 +26,7 @@ from movierec.cache import Cache, user_prefix
 from movierec.model.artifact import Artifact
 from movierec.index.base import Filters
 from movierec.serving.catalog import Catalog
+from movierec.serving.inference import masked_scores
 from movierec.train.batches import left_pad
 
 METHODS = ("torchserve", "faiss", "qdrant", "popular")
@@ -158,13 +159,7 @@ class Recommender:
     def _exact(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None, seen: list[np.ndarray]) -> list:
         """Exact top-k over every item; `allowed` is None when no filter is set."""
         start = time.perf_counter()
-        scores = torch.from_numpy(vectors) @ self.item_weights.T
-        scores[:, 0] = -torch.inf  # padding
-        if allowed is not None:
-            scores.masked_fill_(~torch.from_numpy(allowed), -torch.inf)
-        for row, items in enumerate(seen):
-            if len(items):
-                scores[row].index_fill_(0, torch.from_numpy(items), -torch.inf)
+        scores = masked_scores(torch.from_numpy(vectors), self.item_weights, allowed, seen)
         values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         self.observe("exact_topk", time.perf_counter() - start)
         return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices.numpy(), values.numpy())]
