@@ -170,7 +170,9 @@ def test_api_key_protects_writes(api_home: Path, tmp_path: Path) -> None:
 
 
 def test_health_stats_metrics_and_docs(client: TestClient) -> None:
-    client.post("/recommend", json={"user_id": 1, "k": 10})
+    traced = client.post("/recommend", json={"user_id": 1, "k": 10}, headers={"x-request-id": "trace-7"})
+    assert traced.headers["x-request-id"] == "trace-7"
+    assert len(client.get("/health").headers["x-request-id"]) == 16  # generated when none is given
     client.post("/recommend", json={"user_id": 1, "k": 10})
     health = client.get("/health")
     assert health.status_code == 200

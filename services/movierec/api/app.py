@@ -33,6 +33,49 @@ def _field_errors(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+class ObserveRequests:
+    """Request id, latency metric and one JSON log line per request.
+
+    A plain ASGI middleware: Starlette's `@app.middleware("http")` wraps every response in extra
+    tasks and streams, which cost more than a cached /recommend itself.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given or uuid.uuid4().hex[:16]
+        state = scope.setdefault("state", {})
+        state["request_id"], state["method"] = request_id, None
+        status, start = 500, time.perf_counter()
+
+        async def send_with_id(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            method = state.get("method") or "-"
+            services = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                services.metrics.requests.labels(endpoint, method, str(status)).observe(seconds)
+            log.info("request", extra={"fields": {
+                "request_id": request_id, "http": scope["method"], "endpoint": endpoint, "method": method,
+                "status": status, "outcome": "ok" if status < 400 else "client_error" if status < 500 else "error",
+                "latency_ms": round(seconds * 1000, 3),
+            }})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.configure()
@@ -52,31 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
-        request.state.method = None
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers["x-request-id"] = request_id
-            return response
-        finally:
-            seconds = time.perf_counter() - start
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            method = request.state.method or "-"
-            services = getattr(request.app.state, "services", None)
-            if services is not None:
-                services.metrics.requests.labels(endpoint, method, str(status)).observe(seconds)
-            log.info("request", extra={"fields": {
-                "request_id": request_id, "http": request.method, "endpoint": endpoint, "method": method,
-                "status": status, "outcome": "ok" if status < 400 else "client_error" if status < 500 else "error",
-                "latency_ms": round(seconds * 1000, 3),
-            }})
+    app.add_middleware(ObserveRequests)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
