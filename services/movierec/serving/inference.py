@@ -14,7 +14,7 @@ import torch
 
 from movierec.data.prepared import PADDING_IDX
 from movierec.model.gsasrec import GSASRec
-from movierec.train.batches import left_pad
+from movierec.train.batches import pad_histories
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class TopK:
 @torch.no_grad()
 def user_vectors(model: GSASRec, histories: Sequence[np.ndarray]) -> torch.Tensor:
     """[U, dim] query vectors for histories of item_idx (oldest first; the last seq_len items count)."""
-    width = max(1, min(model.cfg.seq_len, max((len(h) for h in histories), default=1)))
-    items = torch.from_numpy(left_pad([np.asarray(h) for h in histories], width))
+    items = torch.from_numpy(pad_histories(list(histories), model.cfg.seq_len))
     return model.user_vectors(items.to(model.output_embeddings.device))
 
 

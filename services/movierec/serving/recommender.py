@@ -27,7 +27,7 @@ from movierec.model.artifact import Artifact
 from movierec.index.base import Filters
 from movierec.serving.catalog import Catalog
 from movierec.serving.inference import masked_scores
-from movierec.train.batches import left_pad
+from movierec.train.batches import pad_histories
 
 METHODS = ("torchserve", "faiss", "qdrant", "popular")
 BECAUSE = 3
@@ -142,9 +142,8 @@ class Recommender:
     def encode(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """User vectors [U, d] and, per user, the last-block attention over their (cropped) history."""
         start = time.perf_counter()
-        seq_len = self.model.cfg.seq_len
-        width = max(1, min(seq_len, max(len(h) for h in histories)))
-        items = torch.from_numpy(left_pad([np.asarray(h) for h in histories], width))
+        items = torch.from_numpy(pad_histories(list(histories), self.model.cfg.seq_len))
+        width = items.shape[1]
         vectors, weights = self.model.user_vectors_with_attention(items)
         attention = [weights[i, width - min(len(h), width):].numpy() for i, h in enumerate(histories)]
         self.observe("model", time.perf_counter() - start)

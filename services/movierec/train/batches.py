@@ -19,6 +19,12 @@ def left_pad(sequences: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
+def pad_histories(histories: list[np.ndarray], seq_len: int) -> np.ndarray:
+    """Histories (oldest first) as one left-padded batch, no wider than the longest one or seq_len."""
+    width = max(1, min(seq_len, max((len(h) for h in histories), default=1)))
+    return left_pad([np.asarray(h) for h in histories], width)
+
+
 class TrainBatches:
     """Yields [B, N + 1] arrays (input = [:, :-1], labels = [:, 1:]), N <= seq_len.
 

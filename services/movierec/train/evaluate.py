@@ -8,7 +8,7 @@ import torch
 from movierec.data.prepared import PADDING_IDX, PreparedData
 from movierec.model.gsasrec import GSASRec
 from movierec.model.metrics import summarize, target_ranks
-from movierec.train.batches import left_pad
+from movierec.train.batches import pad_histories
 
 
 def mask_seen(scores: np.ndarray, histories: list[np.ndarray]) -> None:
@@ -24,8 +24,7 @@ def model_scores(model: GSASRec, histories: list[np.ndarray]) -> np.ndarray:
     """Scores over all items [U, num_items + 1] for histories (oldest first)."""
     was_training = model.training
     model.eval()
-    width = min(model.cfg.seq_len, max((len(h) for h in histories), default=1)) or 1
-    items = torch.from_numpy(left_pad(histories, width))
+    items = torch.from_numpy(pad_histories(histories, model.cfg.seq_len))
     scores = (model.user_vectors(items) @ model.output_embeddings.T).float().numpy()
     model.train(was_training)
     return scores
