@@ -17,6 +17,15 @@ from movierec.model.gsasrec import GSASRec
 from movierec.train.batches import pad_histories
 
 
+BECAUSE = 3  # history items returned as the explanation of a recommendation
+
+
+@dataclass(frozen=True)
+class Encoded:
+    vectors: torch.Tensor  # [U, dim] user vectors
+    because: list[np.ndarray]  # per user: up to BECAUSE item_idx from the history, most attended first
+
+
 @dataclass(frozen=True)
 class TopK:
     items: np.ndarray  # [U, k] item_idx, best first
@@ -28,6 +37,40 @@ def user_vectors(model: GSASRec, histories: Sequence[np.ndarray]) -> torch.Tenso
     """[U, dim] query vectors for histories of item_idx (oldest first; the last seq_len items count)."""
     items = torch.from_numpy(pad_histories(list(histories), model.cfg.seq_len))
     return model.user_vectors(items.to(model.output_embeddings.device))
+
+
+@torch.no_grad()
+def encode(model: GSASRec, histories: Sequence[np.ndarray]) -> Encoded:
+    """User vectors and explanations in one pass.
+
+    The explanation is the last block's attention from the most recent position, averaged over
+    heads: the history items the model looked at most (ties: the older item first).
+    """
+    items = torch.from_numpy(pad_histories(list(histories), model.cfg.seq_len))
+    width = items.shape[1]
+    vectors, weights = model.user_vectors_with_attention(items.to(model.output_embeddings.device))
+    weights = weights.cpu().numpy()
+    because = []
+    for row, history in enumerate(histories):
+        n = min(len(history), width)
+        recent = np.asarray(history, dtype=np.int64)[len(history) - n:]
+        top = np.argsort(-weights[row, width - n:], kind="stable")[:BECAUSE]
+        because.append(recent[top])
+    return Encoded(vectors, because)
+
+
+def exact_top_k(
+    vectors: torch.Tensor,
+    item_weights: torch.Tensor,
+    k: int,
+    allowed: np.ndarray | None = None,
+    exclude: Sequence[np.ndarray] = (),
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per user (item_idx, score) of the k best allowed, not excluded items, best first (may be < k)."""
+    scores = masked_scores(vectors.to(item_weights.device, item_weights.dtype), item_weights, allowed, exclude)
+    values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    values, indices = values.float().cpu().numpy(), indices.cpu().numpy()
+    return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices, values)]
 
 
 def masked_scores(

@@ -26,11 +26,10 @@ from movierec.cache import Cache, user_prefix
 from movierec.model.artifact import Artifact
 from movierec.index.base import Filters
 from movierec.serving.catalog import Catalog
-from movierec.serving.inference import masked_scores
-from movierec.train.batches import pad_histories
+from movierec.serving.inference import encode, exact_top_k
+from movierec.serving.model_client import ModelServerUnavailable
 
 METHODS = ("torchserve", "faiss", "qdrant", "popular")
-BECAUSE = 3
 
 
 class HistoryStore(Protocol):
@@ -41,6 +40,15 @@ class VectorSearch(Protocol):
     version: str
 
     def search(self, vectors: np.ndarray, k: int, filters: Any = None, exclude: Any = None) -> list: ...
+
+
+class ModelServer(Protocol):
+    """A remote gSASRec (TorchServe/KServe): exact top-k and explanations for histories."""
+
+    def rank(self, histories: Sequence[np.ndarray], k: int, filters: Filters, exclude: Sequence[np.ndarray]
+             ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]: ...
+
+    def health(self) -> tuple[bool, str]: ...
 
 
 class MethodUnavailable(RuntimeError):
@@ -117,7 +125,7 @@ class Recommender:
         self.popularity[artifact.items.column("item_idx").to_numpy()] = counts
         self.popularity[0] = -np.inf
         self.popularity -= np.arange(self.catalog.size + 1) * 1e-9  # deterministic ties: lower item_idx first
-        self.remote: Any = None  # a TorchServe client (issue #4) plugs in here
+        self.remote: ModelServer | None = None  # method torchserve goes through it when set
 
     # -- histories ---------------------------------------------------------------------------
     def history(self, user_id: int) -> np.ndarray:
@@ -138,30 +146,23 @@ class Recommender:
         self.cache.delete_prefix(user_prefix(user_id))
 
     # -- the model ---------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """User vectors [U, d] and, per user, the last-block attention over their (cropped) history."""
+        """User vectors [U, d] and, per user, the item_idx that explain them (see inference.encode)."""
         start = time.perf_counter()
-        items = torch.from_numpy(pad_histories(list(histories), self.model.cfg.seq_len))
-        width = items.shape[1]
-        vectors, weights = self.model.user_vectors_with_attention(items)
-        attention = [weights[i, width - min(len(h), width):].numpy() for i, h in enumerate(histories)]
+        encoded = encode(self.model, histories)
         self.observe("model", time.perf_counter() - start)
-        return vectors.numpy(), attention
+        return encoded.vectors.numpy(), encoded.because
 
-    def because(self, history: np.ndarray, attention: np.ndarray) -> list[str]:
-        recent = history[-len(attention):] if len(attention) else history[:0]
-        top = np.argsort(-attention, kind="stable")[:BECAUSE]
-        return [self.catalog.titles[int(recent[i])] or str(self.catalog.movie_ids[int(recent[i])]) for i in top]
+    def titles(self, items: np.ndarray) -> list[str]:
+        return [self.catalog.titles[int(i)] or str(self.catalog.movie_ids[int(i)]) for i in items]
 
     # -- ranking -----------------------------------------------------------------------------
     def _exact(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None, seen: list[np.ndarray]) -> list:
         """Exact top-k over every item; `allowed` is None when no filter is set."""
         start = time.perf_counter()
-        scores = masked_scores(torch.from_numpy(vectors), self.item_weights, allowed, seen)
-        values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        ranked = exact_top_k(torch.from_numpy(vectors), self.item_weights, k, allowed, seen)
         self.observe("exact_topk", time.perf_counter() - start)
-        return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices.numpy(), values.numpy())]
+        return ranked
 
     def _indexed(self, method: str, vectors: np.ndarray, k: int, filters: Filters, seen: list[np.ndarray]):
         getter = self.indexes.get(method)
@@ -172,6 +173,19 @@ class Recommender:
         results = index.search(vectors.astype(np.float32), k, None if filters.is_empty() else filters, seen)
         self.observe(f"{method}_search", time.perf_counter() - start)
         return results, index.version
+
+    def _remote(self, method: str, histories: list[np.ndarray], k: int, filters: Filters,
+                seen: list[np.ndarray]):
+        """The model server's answer for method torchserve, or None to compute in-process."""
+        if method != "torchserve" or self.remote is None:
+            return None
+        start = time.perf_counter()
+        try:
+            return self.remote.rank(histories, k, filters, seen)
+        except ModelServerUnavailable:
+            return None  # the circuit breaker logs and counts; this request is served in-process
+        finally:
+            self.observe("model_server", time.perf_counter() - start)
 
     def _popular(self, k: int, allowed: np.ndarray | None, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = self.popularity.copy() if allowed is None else np.where(allowed, self.popularity, -np.inf)
@@ -206,15 +220,19 @@ class Recommender:
         if sequence_users:
             hs = [histories[u] for u in sequence_users]
             seen = [h if exclude_rated else np.empty(0, np.int64) for h in hs]
-            vectors, attention = self.encode(hs)
             index_version, served_by = None, "in-process"
-            if method == "torchserve":
+            remote = self._remote(method, hs, k, filters, seen)
+            if remote is not None:
+                (ranked, because), served_by = remote, "torchserve"
+            elif method == "torchserve":
+                vectors, because = self.encode(hs)
                 ranked = self._exact(vectors, k, allowed, seen)
             else:
+                vectors, because = self.encode(hs)
                 ranked, index_version = self._indexed(method, vectors, k, filters, seen)
                 served_by = method
-            for u, h, att, (items, scores) in zip(sequence_users, hs, attention, ranked):
-                results[u] = self._build(u, "sequence", method, served_by, items, scores, self.because(h, att),
+            for u, b, (items, scores) in zip(sequence_users, because, ranked):
+                results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
                                          index_version)
         for u in todo:
             self.cache.set(keys[u], json.dumps(results[u].to_dict()).encode(), self.ttl)
