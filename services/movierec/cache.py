@@ -17,6 +17,7 @@ import redis
 
 class Cache(Protocol):
     kind: str
+    blocking: bool  # True when a call may wait on the network
 
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int) -> None: ...
@@ -32,6 +33,7 @@ class MemoryCache:
     """A bounded LRU with per-entry expiry; thread-safe."""
 
     kind = "memory"
+    blocking = False
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
@@ -69,6 +71,7 @@ class RedisCache:
     """redis-py with short timeouts; errors degrade to misses instead of failing requests."""
 
     kind = "redis"
+    blocking = True
 
     def __init__(self, host: str, port: int = 6379, db: int = 0, timeout: float = 0.25) -> None:
         self.client = redis.Redis(

@@ -19,6 +19,10 @@ class ApiMetrics:
             "movierec_stage_seconds", "Latency of model, index and store calls inside requests",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.batch_size = Histogram(
+            "movierec_model_batch_users", "Requests answered by one model pass (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
         self.cache = Counter("movierec_cache_total", "Cache lookups by result", ["result"], registry=r)
         self.index_version = Gauge(
             "movierec_index_info", "The index version being served (value 1)", ["kind", "version"], registry=r

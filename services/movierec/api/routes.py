@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -45,24 +47,31 @@ def _popular_without_model(svc: Services, user_id: int, body, k: int) -> dict:
             "model_version": None, "index_version": None, "cached": False, "items": items}
 
 
+def json_bytes(content: dict) -> Response:
+    """The response built by the recommender is already the schema's shape: serialize it as is."""
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
 @router.post("/recommend", response_model=schemas.RecommendResponse, tags=["recommend"])
-def recommend(body: schemas.RecommendRequest, svc: Svc, request: Request) -> dict:
+async def recommend(body: schemas.RecommendRequest, svc: Svc, request: Request) -> Response:
     """Top-k movies for a user from their history (popular movies while the history is short)."""
     request.state.method = body.method
     if svc.recommender is None:
-        return _popular_without_model(svc, body.user_id, body, body.k)
-    rec = svc.recommender.recommend(body.user_id, body.k, body.method, filters_of(body), body.exclude_rated)
-    return rec.to_dict()
+        return json_bytes(await run_in_threadpool(_popular_without_model, svc, body.user_id, body, body.k))
+    return json_bytes(await svc.batcher.recommend(body.user_id, body.k, body.method, filters_of(body),
+                                                  body.exclude_rated))
 
 
 @router.post("/recommend_batch", response_model=schemas.RecommendBatchResponse, tags=["recommend"])
-def recommend_batch(body: schemas.RecommendBatchRequest, svc: Svc, request: Request) -> dict:
+async def recommend_batch(body: schemas.RecommendBatchRequest, svc: Svc, request: Request) -> Response:
     """Recommendations for up to 1,000 users in one call (one model pass for all of them)."""
     request.state.method = body.method
     if svc.recommender is None:
-        return {"results": [_popular_without_model(svc, u, body, body.k) for u in body.user_ids]}
-    recs = svc.recommender.recommend_many(body.user_ids, body.k, body.method, filters_of(body), body.exclude_rated)
-    return {"results": [r.to_dict() for r in recs]}
+        return json_bytes({"results": await run_in_threadpool(
+            lambda: [_popular_without_model(svc, u, body, body.k) for u in body.user_ids])})
+    recs = await svc.batcher.run(svc.recommender.recommend_many, body.user_ids, body.k, body.method,
+                                 filters_of(body), body.exclude_rated)
+    return json_bytes({"results": [r.to_dict() for r in recs]})
 
 
 @router.post("/update_user", response_model=schemas.UpdateUserResponse, tags=["users"],

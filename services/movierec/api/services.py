@@ -16,6 +16,7 @@ from typing import Any
 from movierec.api.metrics import ApiMetrics
 from movierec.cache import Cache, open_cache
 from movierec.model.artifact import ArtifactError, load_artifact
+from movierec.serving.batcher import RecommendBatcher
 from movierec.serving.recommender import Recommender
 from movierec.settings import Settings
 from movierec.store import MovieStore, open_store
@@ -54,6 +55,7 @@ class Services:
     cache: Cache
     metrics: ApiMetrics
     recommender: Recommender | None = None
+    batcher: RecommendBatcher | None = None  # every model pass goes through its one thread
     indexes: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -90,9 +92,23 @@ class Services:
             observe=self.metrics.observe_stage,
             on_cache=lambda hit: self.metrics.cache.labels("hit" if hit else "miss").inc(),
         )
+        self.batcher = RecommendBatcher(self.recommender, on_batch=self.metrics.batch_size.observe)
         self.metrics.model_loaded.set(1)
         log.info("model loaded", extra={"fields": {"path": str(self.settings.model_path),
                                                    "version": self.recommender.model_version}})
+        if self.settings.torchserve_url:
+            self.recommender.remote = self._model_server_client()
+
+    def _model_server_client(self) -> Any:
+        """Method torchserve ranks on TorchServe/KServe; the in-process model answers whenever it cannot."""
+        from movierec.serving.model_client import CircuitBreaker, ModelServerClient
+
+        s = self.settings
+        breaker = CircuitBreaker(s.torchserve_failures_to_open, s.torchserve_cooldown_seconds,
+                                 name=f"model server {s.torchserve_url}")
+        log.info("model server", extra={"fields": {"url": s.torchserve_url, "protocol": s.torchserve_protocol}})
+        return ModelServerClient(s.torchserve_url, s.torchserve_protocol, s.torchserve_model,
+                                 timeout=s.torchserve_timeout_ms / 1000, breaker=breaker)
 
     # -- indexes -----------------------------------------------------------------------------
     def load_indexes(self) -> None:
@@ -191,4 +207,6 @@ class Services:
 
     def close(self) -> None:
         self._stop.set()
+        if self.batcher is not None:
+            self.batcher.close()
         self.store.close()

@@ -6,6 +6,7 @@ handler all call it, so every serving path ranks identically.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from movierec.train.batches import pad_histories
 
 
 BECAUSE = 3  # history items returned as the explanation of a recommendation
+ENCODE_CHUNK = 16  # users per transformer pass; users are sorted by length so a chunk carries little padding
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,26 @@ def encode(model: GSASRec, histories: Sequence[np.ndarray]) -> Encoded:
     """User vectors and explanations in one pass.
 
     The explanation is the last block's attention from the most recent position, averaged over
-    heads: the history items the model looked at most (ties: the older item first).
+    heads: the history items the model looked at most (ties: the older item first). Many users
+    are encoded in chunks of similar length: a 20-item history is not padded to 200.
     """
-    items = torch.from_numpy(pad_histories(list(histories), model.cfg.seq_len))
-    width = items.shape[1]
-    vectors, weights = model.user_vectors_with_attention(items.to(model.output_embeddings.device))
-    weights = weights.cpu().numpy()
-    because = []
-    for row, history in enumerate(histories):
-        n = min(len(history), width)
-        recent = np.asarray(history, dtype=np.int64)[len(history) - n:]
-        top = np.argsort(-weights[row, width - n:], kind="stable")[:BECAUSE]
-        because.append(recent[top])
+    histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    device = model.output_embeddings.device
+    vectors = torch.empty(len(histories), model.cfg.dim, device=device)
+    because: list[np.ndarray] = [np.empty(0, np.int64)] * len(histories)
+    order = np.argsort([len(h) for h in histories], kind="stable")
+    for start in range(0, len(order), ENCODE_CHUNK):
+        rows = order[start:start + ENCODE_CHUNK]
+        chunk = [histories[r] for r in rows]
+        items = torch.from_numpy(pad_histories(chunk, model.cfg.seq_len))
+        width = items.shape[1]
+        chunk_vectors, weights = model.user_vectors_with_attention(items.to(device))
+        vectors[torch.from_numpy(rows).to(device)] = chunk_vectors
+        weights = weights.cpu().numpy()
+        for i, (row, history) in enumerate(zip(rows, chunk)):
+            n = min(len(history), width)
+            top = np.argsort(-weights[i, width - n:], kind="stable")[:BECAUSE]
+            because[row] = history[len(history) - n:][top]
     return Encoded(vectors, because)
 
 
@@ -80,7 +90,11 @@ def masked_scores(
     exclude: Sequence[np.ndarray] = (),
 ) -> torch.Tensor:
     """Inner products [U, num_items + 1] with padding, disallowed items and exclude[u] set to -inf."""
-    scores = vectors @ item_weights.T
+    if item_weights.device.type == "cpu" and item_weights.dtype == torch.float32 and vectors.dtype == torch.float32:
+        # [U, d] @ [d, N] in OpenBLAS: 2-3x faster than torch's MKL for this skinny shape on AMD CPUs
+        scores = torch.from_numpy(vectors.detach().numpy() @ _columns(item_weights))
+    else:
+        scores = vectors @ item_weights.T
     scores[:, PADDING_IDX] = -torch.inf
     if allowed is not None:
         scores.masked_fill_(~torch.from_numpy(allowed).to(scores.device), -torch.inf)
@@ -88,6 +102,20 @@ def masked_scores(
         if len(items):
             scores[row].index_fill_(0, torch.from_numpy(np.asarray(items, dtype=np.int64)).to(scores.device), -torch.inf)
     return scores
+
+
+_COLUMNS: dict[int, tuple[weakref.ref, int, np.ndarray]] = {}
+
+
+def _columns(weights: torch.Tensor) -> np.ndarray:
+    """weights.T as a C-contiguous numpy array, made once per tensor (and again after an in-place change)."""
+    entry = _COLUMNS.get(id(weights))
+    if entry is None or entry[0]() is not weights or entry[1] != weights._version:
+        for key in [key for key, (ref, _, _) in _COLUMNS.items() if ref() is None]:
+            del _COLUMNS[key]
+        entry = (weakref.ref(weights), weights._version, np.ascontiguousarray(weights.detach().numpy().T))
+        _COLUMNS[id(weights)] = entry
+    return entry[2]
 
 
 @torch.no_grad()

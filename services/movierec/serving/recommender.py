@@ -12,7 +12,7 @@ of the model's last block at the most recent position: what the model looked at.
 
 from __future__ import annotations
 
-import json
+import orjson
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -195,19 +195,28 @@ class Recommender:
         top = top[np.isfinite(scores[top])]
         return top, scores[top]
 
+    def cached_response(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
+                        ) -> dict[str, Any] | None:
+        """The cached response for exactly these parameters, marked `cached`, or None."""
+        raw = self.cache.get(self._response_key(user_id, k, method, filters, exclude_rated))
+        self.cache_stats.count(raw is not None)
+        return None if raw is None else {**orjson.loads(raw), "cached": True}
+
     def recommend_many(
         self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
-        exclude_rated: bool = True,
+        exclude_rated: bool = True, check_cache: bool = True,
     ) -> list[Recommendation]:
-        """Recommendations for several users with one model pass for all sequence users."""
+        """Recommendations for several users with one model pass for all sequence users.
+
+        `check_cache=False` when the caller has just looked (the micro-batcher): every user is computed.
+        """
         filters = filters or Filters()
         results: dict[int, Recommendation] = {}
         keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
-        for u in dict.fromkeys(user_ids):
-            raw = self.cache.get(keys[u])
-            self.cache_stats.count(raw is not None)
-            if raw is not None:
-                results[u] = Recommendation(**{**json.loads(raw), "cached": True})
+        for u in dict.fromkeys(user_ids) if check_cache else ():
+            cached = self.cached_response(u, k, method, filters, exclude_rated)
+            if cached is not None:
+                results[u] = Recommendation(**cached)
         todo = [u for u in dict.fromkeys(user_ids) if u not in results]
         histories = {u: self.history(u) for u in todo}
         allowed = None if filters.is_empty() else self.catalog.allowed(filters)
@@ -235,7 +244,7 @@ class Recommender:
                 results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
                                          index_version)
         for u in todo:
-            self.cache.set(keys[u], json.dumps(results[u].to_dict()).encode(), self.ttl)
+            self.cache.set(keys[u], orjson.dumps(results[u].to_dict()), self.ttl)
         return [results[u] for u in user_ids]
 
     def recommend(self, user_id: int, k: int, method: str = "torchserve", filters: Filters | None = None,

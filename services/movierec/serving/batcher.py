@@ -1,0 +1,82 @@
+"""Micro-batching: concurrent /recommend calls share one model pass.
+
+Every model computation runs in one dedicated thread. While it is busy, new requests wait in a
+queue; the next pass takes all of them at once (grouped by k, method, filters), so one
+transformer pass and one scan of the item matrix serve many users. There is no added delay: a
+lone request starts at once, and batches form only when requests arrive faster than the model
+answers. Repeat requests are answered from the response cache without queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from movierec.index.base import Filters
+from movierec.serving.recommender import Recommender
+
+T = TypeVar("T")
+Params = tuple[int, str, Filters, bool]  # k, method, filters, exclude_rated
+
+
+class RecommendBatcher:
+    def __init__(self, recommender: Recommender, max_batch: int = 64,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self.on_batch = on_batch or (lambda size: None)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._pending: list[tuple[Params, int, asyncio.Future]] = []
+        self._draining = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work (e.g. a /recommend_batch call) in the model thread, in turn with the batches."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def recommend(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
+                        ) -> dict[str, Any]:
+        """One user's recommendation as a response dict (from the cache when it is there)."""
+        rec = self.recommender
+        if rec.cache.blocking:  # a network cache: do not hold the event loop during the round trip
+            cached = await asyncio.to_thread(rec.cached_response, user_id, k, method, filters, exclude_rated)
+        else:
+            cached = rec.cached_response(user_id, k, method, filters, exclude_rated)
+        if cached is not None:
+            return cached
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append(((k, method, filters, exclude_rated), user_id, future))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                self.on_batch(len(batch))
+                groups: dict[Params, list[tuple[int, asyncio.Future]]] = defaultdict(list)
+                for params, user_id, future in batch:
+                    groups[params].append((user_id, future))
+                for (k, method, filters, exclude_rated), waiting in groups.items():
+                    users = [user_id for user_id, _ in waiting]
+                    try:
+                        recs = await self.run(self.recommender.recommend_many, users, k, method, filters,
+                                              exclude_rated, False)
+                    except Exception as exc:  # noqa: BLE001 - each caller gets the error (mapped to 4xx/503)
+                        for _, future in waiting:
+                            if not future.done():
+                                future.set_exception(exc)
+                        continue
+                    for (_, future), rec in zip(waiting, recs):
+                        if not future.done():  # the client may have gone away
+                            future.set_result(rec.to_dict())
+        finally:
+            self._draining = False
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,88 @@
+"""Micro-batching: concurrent /recommend calls share one model pass and get exactly their own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from movierec.cache import MemoryCache
+from movierec.data.prepared import load_prepared
+from movierec.index.base import Filters
+from movierec.model.artifact import load_artifact
+from movierec.serving.batcher import RecommendBatcher
+from movierec.serving.recommender import MethodUnavailable, Recommender
+from movierec.store import open_store
+
+
+@pytest.fixture(scope="module")
+def store(pattern_prepared: Path, tmp_path_factory: pytest.TempPathFactory):
+    with open_store(None, tmp_path_factory.mktemp("batcher") / "store.sqlite") as s:
+        s.load_prepared(load_prepared(pattern_prepared), progress=False)
+        yield s
+
+
+def recommender(pattern_model: Path, store) -> Recommender:
+    return Recommender(load_artifact(pattern_model), store, MemoryCache())
+
+
+def test_concurrent_requests_share_a_pass_and_match_one_by_one(pattern_model: Path, store) -> None:
+    batches: list[int] = []
+    batcher = RecommendBatcher(recommender(pattern_model, store), on_batch=batches.append)
+    alone = recommender(pattern_model, store)  # its own cache: computes every user by itself
+    users = list(range(1, 13))
+    comedy = Filters(genres=("Comedy",))
+
+    async def all_at_once():
+        calls = [batcher.recommend(u, 5 if u % 2 else 7, "torchserve", comedy if u % 3 == 0 else Filters(), True)
+                 for u in users]
+        return await asyncio.gather(*calls)
+
+    try:
+        results = asyncio.run(all_at_once())
+    finally:
+        batcher.close()
+    assert batches == [len(users)]  # one pass took every waiting request
+    for u, got in zip(users, results):
+        want = alone.recommend(u, 5 if u % 2 else 7, "torchserve", comedy if u % 3 == 0 else Filters()).to_dict()
+        assert got["user_id"] == u and not got["cached"]
+        assert [i["movie_id"] for i in got["items"]] == [i["movie_id"] for i in want["items"]]
+        np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]],
+                                   atol=1e-5)
+        assert [i["because"] for i in got["items"]] == [i["because"] for i in want["items"]]
+
+
+def test_repeat_requests_come_from_the_cache_without_a_model_pass(pattern_model: Path, store) -> None:
+    batches: list[int] = []
+    batcher = RecommendBatcher(recommender(pattern_model, store), on_batch=batches.append)
+
+    async def twice():
+        first = await batcher.recommend(3, 5, "torchserve", Filters(), True)
+        second = await batcher.recommend(3, 5, "torchserve", Filters(), True)
+        return first, second
+
+    try:
+        first, second = asyncio.run(twice())
+    finally:
+        batcher.close()
+    assert batches == [1]
+    assert second["cached"] and not first["cached"] and second["items"] == first["items"]
+
+
+def test_an_error_reaches_every_waiting_request_and_the_batcher_recovers(pattern_model: Path, store) -> None:
+    batcher = RecommendBatcher(recommender(pattern_model, store))  # no FAISS index: method faiss fails
+
+    async def scenario():
+        failing = await asyncio.gather(*(batcher.recommend(u, 5, "faiss", Filters(), True) for u in (1, 2, 3)),
+                                       return_exceptions=True)
+        working = await batcher.recommend(4, 5, "torchserve", Filters(), True)
+        return failing, working
+
+    try:
+        failing, working = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert all(isinstance(e, MethodUnavailable) for e in failing)
+    assert working["strategy"] == "sequence" and len(working["items"]) == 5
