@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,8 +28,14 @@ class Settings(BaseSettings):
     redis_db: int = 0
     qdrant_host: str | None = None
     qdrant_port: int = 6333
-    torchserve_host: str | None = None
+    torchserve_host: str | None = Field(None, description="TorchServe/KServe host: method torchserve ranks there.")
     torchserve_port: int = 8080
+    torchserve_protocol: Literal["v2", "native"] = Field(
+        "v2", description="v2: POST /v2/models/M/infer (KServe Open Inference Protocol); native: POST /predictions/M.")
+    torchserve_model: str = "gsasrec"
+    torchserve_timeout_ms: int = Field(1000, gt=0, description="Per request; slower answers are served in-process.")
+    torchserve_failures_to_open: int = Field(3, ge=1, description="Consecutive failures that open the circuit.")
+    torchserve_cooldown_seconds: float = Field(5.0, ge=0, description="Open circuit: wait this long, then probe.")
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
 
@@ -40,6 +47,15 @@ class Settings(BaseSettings):
     @cached_property
     def model_path(self) -> Path:
         return self.model_dir or self.movierec_home / "model"
+
+    @property
+    def torchserve_url(self) -> str | None:
+        """Base URL of the model server: TORCHSERVE_HOST as given when it is a URL, else http://host:port."""
+        if not self.torchserve_host:
+            return None
+        if "://" in self.torchserve_host:
+            return self.torchserve_host.rstrip("/")
+        return f"http://{self.torchserve_host}:{self.torchserve_port}"
 
     @property
     def sqlite_path(self) -> Path:

@@ -7,7 +7,7 @@ import logging
 import typer
 from rich.logging import RichHandler
 
-from movierec.cli import demo, model, serve
+from movierec.cli import demo, model, model_server, serve
 from movierec.cli.data import data_app
 from movierec.cli.db import db_app
 from movierec.cli.index import index_app
@@ -38,3 +38,5 @@ app.command("evaluate")(model.evaluate)
 app.command("recommend")(model.recommend)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
+app.command("export")(model_server.export)
+app.command("serve-model")(model_server.serve_model)

@@ -1,13 +1,155 @@
-"""The API's client for the model server (TorchServe / KServe): see issue #4.
+"""The API's client for the model server (TorchServe, or KServe running TorchServe).
 
-Placeholder contract, filled in by the model-serving work: `ModelServerClient.rank` returns, per
-user, the exact top-k (item_idx, scores) and the explaining item_idx, computed by the TorchServe
-handler with the same inference code as the in-process path; it raises ModelServerUnavailable
-when the server is down, slow, or the circuit breaker is open.
+`ModelServerClient.rank` sends histories to the TorchServe handler (`movierec.serving.torchserve_handler`)
+over the Open Inference Protocol v2 (`POST /v2/models/gsasrec/infer`) or TorchServe's native API
+(`POST /predictions/gsasrec`) and returns, per user, the exact top-k (item_idx, scores) and the
+explaining item_idx: the same answer as the in-process path, computed by the same functions.
+
+It raises ModelServerUnavailable when the server is down, slow, answers an error, or the circuit
+breaker is open; the recommender then serves that request in-process. One pooled keep-alive
+connection set, a timeout per request, one retry when a connection cannot be made, and a breaker:
+
+    closed --N consecutive failures--> open --cooldown--> half-open --probe ok--> closed
+                                         ^------------------probe fails-----------'
+
+While open, no request goes to the server (the API answers in-process at once); after the
+cooldown one request probes it. `health()` reports the state for `/health`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import httpx
+import numpy as np
+
+from movierec.index.base import Filters
+from movierec.serving.wire import (
+    RankRequest,
+    WireError,
+    native_request,
+    parse_native_response,
+    parse_v2_response,
+    v2_request,
+)
+
+log = logging.getLogger(__name__)
+
+WireProtocol = Literal["v2", "native"]
+
 
 class ModelServerUnavailable(RuntimeError):
     """The model server cannot answer now; the caller serves the request in-process."""
+
+
+class CircuitBreaker:
+    """Closed, open or half-open, from consecutive failures and a cooldown; thread-safe, clock injectable."""
+
+    def __init__(self, failures_to_open: int = 3, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 name: str = "model server") -> None:
+        self.failures_to_open, self.cooldown, self.clock, self.name = max(1, failures_to_open), cooldown, clock, name
+        self.state: Literal["closed", "open", "half-open"] = "closed"
+        self.failures = 0
+        self.last_error = ""
+        self._since = 0.0  # when it opened, or when the probe started
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """May a request go to the server now? In half-open, only one (the probe) until it reports."""
+        with self._lock:
+            now = self.clock()
+            if self.state == "closed":
+                return True
+            if now - self._since < self.cooldown:
+                return False  # open and cooling down, or half-open with a probe in flight
+            self._move("half-open", "cooldown over, probing")  # also re-probes if a probe never reported
+            self._since = now
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            self.failures = 0
+            if self.state != "closed":
+                self._move("closed", "server answered")
+
+    def failure(self, error: str) -> None:
+        with self._lock:
+            self.failures += 1
+            self.last_error = error
+            if self.state == "half-open" or (self.state == "closed" and self.failures >= self.failures_to_open):
+                self._since = self.clock()
+                self._move("open", f"{self.failures} consecutive failures, last: {error}")
+
+    def _move(self, state: Literal["closed", "open", "half-open"], why: str) -> None:
+        level = logging.WARNING if state == "open" else logging.INFO
+        log.log(level, "%s circuit %s -> %s: %s", self.name, self.state, state, why)
+        self.state = state
+
+
+class ModelServerClient:
+    """`rank()` and `health()` against one TorchServe model; see the module docstring."""
+
+    def __init__(
+        self,
+        base_url: str,
+        protocol: WireProtocol = "v2",
+        model: str = "gsasrec",
+        timeout: float = 1.0,
+        retries: int = 1,
+        breaker: CircuitBreaker | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        if protocol not in ("v2", "native"):
+            raise ValueError(f"protocol: expected v2 or native, got {protocol!r}")
+        self.base_url, self.protocol, self.model = base_url.rstrip("/"), protocol, model
+        self.path = f"/v2/models/{model}/infer" if protocol == "v2" else f"/predictions/{model}"
+        self.breaker = breaker or CircuitBreaker(name=f"model server {self.base_url}")
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout),
+            transport=httpx.HTTPTransport(retries=retries),  # retries connection failures only, never a sent request
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    def rank(self, histories: Sequence[np.ndarray], k: int, filters: Filters, exclude: Sequence[np.ndarray]
+             ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
+        """Per user (item_idx, scores) best first, and the explaining item_idx; ModelServerUnavailable if not now."""
+        if not self.breaker.allow():
+            raise ModelServerUnavailable(f"circuit open: {self.breaker.last_error}")
+        request = RankRequest([np.asarray(h, dtype=np.int64) for h in histories], k,
+                              [np.asarray(e, dtype=np.int64) for e in exclude], filters)
+        try:
+            body = v2_request(request) if self.protocol == "v2" else native_request(request)
+            response = self.http.post(self.path, content=json.dumps(body, separators=(",", ":")),
+                                      headers={"content-type": "application/json"})
+            if response.status_code != 200:
+                raise WireError(f"HTTP {response.status_code}: {response.text[:200]}")
+            parse = parse_v2_response if self.protocol == "v2" else parse_native_response
+            result = parse(response.json(), len(request.histories))
+        except (httpx.HTTPError, ValueError) as exc:  # ValueError: WireError, bad JSON
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.breaker.failure(error)
+            raise ModelServerUnavailable(error) from exc
+        self.breaker.success()
+        return list(zip(result.items, result.scores)), result.because
+
+    def health(self) -> tuple[bool, str]:
+        """(ok, detail): the breaker's state, and TorchServe's /ping when the circuit is closed."""
+        where = f"{self.base_url} ({self.protocol})"
+        if self.breaker.state != "closed":
+            return False, f"{where}: circuit {self.breaker.state}: {self.breaker.last_error}"
+        try:
+            response = self.http.get("/ping")
+            status = response.json().get("status", "") if response.status_code == 200 else f"HTTP {response.status_code}"
+        except (httpx.HTTPError, ValueError) as exc:
+            self.breaker.failure(f"ping: {type(exc).__name__}: {exc}")
+            return False, f"{where}: unreachable ({type(exc).__name__}: {exc}); serving in-process"
+        return status == "Healthy", f"{where}: {status}"
+
+    def close(self) -> None:
+        self.http.close()
