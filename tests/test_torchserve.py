@@ -475,8 +475,16 @@ def test_fallback_while_torchserve_is_down_and_recovery(torchserve: Server, api_
         assert health["status"] == "ok" and health["components"]["torchserve"]["ok"] is True
 
 
-def test_handler_uses_the_gpu_only_when_asked(unpacked_mar: Path) -> None:
+def test_handler_runs_on_cpu_without_a_gpu_id(unpacked_mar: Path) -> None:
     service = load_service(unpacked_mar, envelope=None)
     assert service.context.system_properties["gpu_id"] is None
     handler = service._entry_point.__self__
     assert handler.device == torch.device("cpu") and handler.item_weights.device.type == "cpu"
+
+
+def test_model_server_settings() -> None:
+    assert Settings(torchserve_host=None).torchserve_url is None
+    assert Settings(torchserve_host="10.0.0.7", torchserve_port=8085).torchserve_url == "http://10.0.0.7:8085"
+    assert Settings(torchserve_host="http://gsasrec.models.svc/").torchserve_url == "http://gsasrec.models.svc"
+    with pytest.raises(ValueError, match="torchserve_protocol"):
+        Settings(torchserve_protocol="grpc")
