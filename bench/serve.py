@@ -7,8 +7,10 @@ Catalog: 87,585 movies (ML-32M's count) with synthetic metadata, 5,000 users wit
 a gSASRec model of the paper's shape (d=128, 2 blocks, L=200; random weights: speed does not
 depend on them), the SQLite store and a flat FAISS index. The API runs as `movierec serve`; the
 load generator is this script in a separate process (httpx, keep-alive, N concurrent clients).
-Each scenario reports client-side p50/p99 latency and requests/s. The load comes from `wrk` when it is
-installed (Debian package `wrk`), else from this script's httpx client in a separate process.
+Each scenario runs twice: one client (latency: p50/p99 of a request on an idle server) and
+--concurrency clients (throughput: requests/s at saturation, with the latency under that load).
+The load comes from `wrk` when it is installed (Debian package `wrk`), else from this script's
+httpx client in a separate process.
 """
 
 from __future__ import annotations
@@ -80,11 +82,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(home: Path, port: int, workers: int) -> subprocess.Popen:
+def start_api(home: Path, port: int, workers: int, env: dict[str, str] | None = None) -> subprocess.Popen:
     movierec = Path(sys.executable).parent / "movierec"
     proc = subprocess.Popen(
         [str(movierec), "serve", "--home", str(home), "--port", str(port), "--workers", str(workers)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})},
     )
     import httpx
 
@@ -106,7 +108,9 @@ def start_api(home: Path, port: int, workers: int) -> subprocess.Popen:
 # ------------------------------------------------------------------------------------------------
 def scenario_request(name: str, i: int) -> tuple[str, dict]:
     user = 1 + (i * 7919) % USERS  # distinct users (cold caches) in a fixed order
-    if name == "torchserve":
+    if name.startswith("direct-"):  # TorchServe's own endpoint, one user per request (set up by torchserve_rows)
+        return "/predictions/gsasrec", DIRECT_BODIES[i % len(DIRECT_BODIES)]
+    if name in ("torchserve", "torchserve-remote"):
         return "/recommend", {"user_id": user, "k": 10, "method": "torchserve"}
     if name == "faiss":
         return "/recommend", {"user_id": user, "k": 10, "method": "faiss"}
@@ -164,9 +168,12 @@ end
 """
 
 
+DIRECT_BODIES: list[dict] = []
+
+
 def run_wrk(url: str, name: str, seconds: float, concurrency: int) -> dict:
     """The same requests from wrk (C, one thread): far less client CPU than a Python load generator."""
-    bodies = [scenario_request(name, i) for i in range(2000)]
+    bodies = [scenario_request(name, i) for i in range(2000 if not name.startswith("direct-") else len(DIRECT_BODIES))]
     lua = WRK_SCRIPT % (",".join(json.dumps(json.dumps(b)) for _, b in bodies), bodies[0][0])
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
@@ -196,16 +203,67 @@ SCENARIOS = {
     "cached": ("repeat request (response cache)", "≥ 1,000 req/s"),
     "qdrant-filtered": ("`qdrant` + genre/year filter (Qdrant Edge)", "≥ 200 req/s"),
     "batch100": ("`recommend_batch` of 100 users", "≤ 150 ms"),
+    "torchserve-remote": ("`torchserve` through TorchServe (API → TorchServe 0.12, batchSize 16)",
+                          "p50 ≤ 15 ms, ≥ 100 req/s"),
+    "direct-batch1": ("TorchServe alone, one user per request, batchSize 1", "batching gain"),
+    "direct-batch16": ("TorchServe alone, one user per request, batchSize 16", "batching gain"),
 }
+
+
+def torchserve_rows(home: Path, workers: int, seconds: float, concurrency: int) -> dict[str, tuple[dict, dict]]:
+    """The API with TORCHSERVE_HOST set (v2 protocol), then TorchServe alone at batchSize 16 and 1."""
+    import httpx
+
+    from movierec.data.prepared import load_prepared
+    from movierec.serving.model_server import build_archive, start_torchserve
+    from movierec.serving.wire import RankRequest, native_request
+
+    store = home / "torchserve"
+    if not (store / "model-store" / "gsasrec.mar").is_file():
+        build_archive(home / "model", store)
+    data = load_prepared(home / "prepared")
+    DIRECT_BODIES[:] = [
+        native_request(RankRequest([h], 10, [h])) for h in
+        (data.seq_items[data.seq_offsets[u]:data.seq_offsets[u + 1]] for u in range(0, USERS, 5))
+    ]
+    rows: dict[str, tuple[dict, dict]] = {}
+    for batch in (16, 1):
+        port = free_port()
+        server = start_torchserve(store, port, free_port(), free_port(), batch_size=batch, max_batch_delay_ms=5)
+        try:
+            server.wait_ready(180)
+            if batch == 16:
+                api_port = free_port()
+                api = start_api(home, api_port, workers, {"TORCHSERVE_HOST": server.inference_url,
+                                                          "TORCHSERVE_PROTOCOL": "v2"})
+                try:
+                    url = f"http://127.0.0.1:{api_port}"
+                    served_by = httpx.post(f"{url}/recommend", json={"user_id": 1, "k": 10}).json()["served_by"]
+                    if served_by != "torchserve":
+                        raise SystemExit(f"the API did not use TorchServe (served_by {served_by})")
+                    print("torchserve-remote ...", file=sys.stderr)
+                    rows["torchserve-remote"] = (run_load(url, "torchserve-remote", seconds, 1),
+                                                 run_load(url, "torchserve-remote", seconds, concurrency))
+                finally:
+                    os.killpg(api.pid, signal.SIGTERM)
+                    api.wait(timeout=30)
+            print(f"direct-batch{batch} ...", file=sys.stderr)
+            rows[f"direct-batch{batch}"] = (run_load(server.inference_url, f"direct-batch{batch}", seconds, 1),
+                                            run_load(server.inference_url, f"direct-batch{batch}", seconds,
+                                                     concurrency))
+        finally:
+            server.stop()
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "movierec-bench-serve")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=16, help="clients of the throughput run")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="torchserve-remote starts TorchServe (needs java) and adds the direct-batch rows")
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,24 +276,33 @@ def main() -> None:
     api = start_api(args.home, port, args.workers)
     url = f"http://127.0.0.1:{port}"
     results = {}
+    names = [n for n in args.scenarios.split(",") if n in SCENARIOS and not n.startswith(("direct-", "torchserve-"))]
     try:
-        for name in args.scenarios.split(","):
+        for name in names:
             print(f"{name} ...", file=sys.stderr)
-            concurrency = 1 if name == "batch100" else args.concurrency
-            results[name] = run_load(url, name, args.seconds, concurrency)
+            alone = run_load(url, name, args.seconds, 1)
+            loaded = alone if name == "batch100" else run_load(url, name, args.seconds, args.concurrency)
+            results[name] = (alone, loaded)
     finally:
         os.killpg(api.pid, signal.SIGTERM)
         api.wait(timeout=30)
+    if "torchserve-remote" in args.scenarios.split(","):
+        results.update(torchserve_rows(args.home, args.workers, args.seconds, args.concurrency))
     print(header())
     client = "wrk (1 thread)" if shutil.which("wrk") else "httpx (asyncio)"
-    print(f"# API: movierec serve, {args.workers} uvicorn worker(s); load: {client}, {args.concurrency} concurrent "
-          f"keep-alive connections, {args.seconds:.0f} s per row; {ITEMS:,} movies, {USERS:,} users")
+    print(f"# API: movierec serve, {args.workers} uvicorn worker(s); load: {client}, keep-alive connections, "
+          f"{args.seconds:.0f} s per run; {ITEMS:,} movies, {USERS:,} users")
     print()
-    print("| scenario | target | p50 ms | p99 ms | req/s | requests | errors |")
+    n = args.concurrency
+    print(f"| scenario | target | p50 ms (1 client) | p99 ms (1 client) | req/s ({n} clients) | "
+          f"p50 / p99 ms ({n} clients) | errors |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
+    for name, (alone, loaded) in results.items():
         label, target = SCENARIOS[name]
-        print(f"| {label} | {target} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:,.0f} | {r['n']:,} | {r['errors']} |")
+        under_load = "–" if loaded is alone else f"{loaded['p50']:.1f} / {loaded['p99']:.1f}"
+        throughput = f"{alone['rps']:,.1f}" if loaded is alone else f"{loaded['rps']:,.0f}"
+        print(f"| {label} | {target} | {alone['p50']:.1f} | {alone['p99']:.1f} | {throughput} | {under_load} | "
+              f"{alone['errors'] + (0 if loaded is alone else loaded['errors'])} |")
     print()
     print("Published figures of the design this replaces: TorchServe 50 ms / 20 QPS, FAISS 15 ms / 66 QPS, "
           "Qdrant 25 ms / 40 QPS, MongoDB 5 ms / 200 QPS, Redis 1 ms / 1,000 QPS.")

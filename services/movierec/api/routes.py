@@ -70,7 +70,7 @@ async def recommend_batch(body: schemas.RecommendBatchRequest, svc: Svc, request
         return json_bytes({"results": await run_in_threadpool(
             lambda: [_popular_without_model(svc, u, body, body.k) for u in body.user_ids])})
     recs = await svc.batcher.run(svc.recommender.recommend_many, body.user_ids, body.k, body.method,
-                                 filters_of(body), body.exclude_rated)
+                                 filters_of(body), body.exclude_rated, all_cores=len(body.user_ids) >= 32)
     return json_bytes({"results": [r.to_dict() for r in recs]})
 
 

@@ -3,8 +3,10 @@
 Each item is a point with id = item_idx, its output embedding (dot-product distance) and the payload
 {genres: [keyword], year: integer, rating_mean: float} (unknown year or rating left out), with a
 payload index on each field. Filters become a Qdrant Filter: the genres as `should` (any of), the
-year and rating bounds as `must` ranges; a user's exclusions become `must_not` has-id, so Qdrant
-itself keeps k results when k remain. One batch of users is one batched query.
+year and rating bounds as `must` ranges. A user's exclusions become `must_not` has-id on a server;
+Qdrant Edge instead fetches k + len(exclusions) and drops them here: a has-id condition over a
+few hundred ids made each Edge query ten times slower (123 vs 13 ms for 16 filtered queries), and
+the over-fetch keeps the result exact. One batch of users is one batched query.
 
 The Edge shard is searched exactly (full scan): on 87k x 128 that is a few milliseconds, and the
 results equal FAISS flat's.
@@ -135,16 +137,18 @@ class QdrantEdgeIndex(ItemIndex):
         if k <= 0:
             return _empty(len(queries))
         drops = exclusion_rows(exclude, len(queries), self.size)
+        condition = qdrant_filter(EDGE, filters)
         requests = [
-            qe.QueryRequest(
-                limit=k,
-                query=qe.Query.Nearest(query.tolist()),
-                filter=qdrant_filter(EDGE, filters, drop + 1),
-                params=self._params,
-            )
+            qe.QueryRequest(limit=k + len(drop), query=qe.Query.Nearest(query.tolist()), filter=condition,
+                            params=self._params)
             for query, drop in zip(queries, drops, strict=True)
         ]
-        return [_hits(points) for points in self.shard.query_batch(qe.QueryBatchRequest(requests))]
+        results = []
+        for points, drop in zip(self.shard.query_batch(qe.QueryBatchRequest(requests)), drops, strict=True):
+            hits = _hits(points)
+            keep = ~np.isin(hits.items, drop + 1)
+            results.append(Hits(hits.items[keep][:k], hits.scores[keep][:k]))
+        return results
 
     def close(self) -> None:
         self.shard.close()

@@ -10,10 +10,14 @@ answers. Repeat requests are answered from the response cache without queueing.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+import torch
+from threadpoolctl import threadpool_limits
 
 from movierec.index.base import Filters
 from movierec.serving.recommender import Recommender
@@ -32,9 +36,14 @@ class RecommendBatcher:
         self._pending: list[tuple[Params, int, asyncio.Future]] = []
         self._draining = False
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work (e.g. a /recommend_batch call) in the model thread, in turn with the batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    async def run(self, fn: Callable[..., T], *args: Any, all_cores: bool = False) -> T:
+        """Run model work (e.g. a /recommend_batch call) in the model thread, in turn with the batches.
+
+        `all_cores` lets one large call use every core for its GEMMs (the micro-batches use one, so
+        that the event loop keeps the other).
+        """
+        call = (lambda: _on_all_cores(fn, *args)) if all_cores else (lambda: fn(*args))
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     async def recommend(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
                         ) -> dict[str, Any]:
@@ -80,3 +89,13 @@ class RecommendBatcher:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _on_all_cores(fn: Callable[..., T], *args: Any) -> T:
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    try:
+        with threadpool_limits(cores, user_api="blas"):
+            return fn(*args)
+    finally:
+        torch.set_num_threads(threads)

@@ -100,7 +100,8 @@ def masked_scores(
         scores.masked_fill_(~torch.from_numpy(allowed).to(scores.device), -torch.inf)
     for row, items in enumerate(exclude):
         if len(items):
-            scores[row].index_fill_(0, torch.from_numpy(np.asarray(items, dtype=np.int64)).to(scores.device), -torch.inf)
+            scores[row].index_fill_(0, torch.as_tensor(np.array(items, dtype=np.int64), device=scores.device),
+                                    -torch.inf)
     return scores
 
 

@@ -65,6 +65,8 @@ disable_token_authorization=true
 # the model loads from model_snapshot at start; registering others through the management API would need true
 enable_model_api=false
 install_py_dep_per_model=false
+# log lines and per-request metrics written off the request path
+async_logging=true
 number_of_netty_threads=4
 job_queue_size=1000
 default_response_timeout=60

@@ -126,6 +126,13 @@ class Recommender:
         self.popularity[0] = -np.inf
         self.popularity -= np.arange(self.catalog.size + 1) * 1e-9  # deterministic ties: lower item_idx first
         self.remote: ModelServer | None = None  # method torchserve goes through it when set
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """One pass at full length before the first request: lazy buffers and kernels are made now."""
+        history = np.arange(1, min(self.catalog.size, self.model.cfg.seq_len) + 1, dtype=np.int64)
+        vectors, _ = self.encode([history])
+        self._exact(vectors, 10, None, [history])
 
     # -- histories ---------------------------------------------------------------------------
     def history(self, user_id: int) -> np.ndarray:

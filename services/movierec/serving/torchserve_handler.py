@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from ts.torch_handler.base_handler import BaseHandler
 
 from movierec.model.artifact import load_artifact
@@ -66,6 +68,14 @@ class GSASRecHandler(BaseHandler):
         model = (context.manifest or {}).get("model", {})
         self.model_name = model.get("modelName") or context.model_name
         self.model_version = model.get("modelVersion")
+        if self.device.type == "cpu":
+            # one worker ranks a batch at a time next to TorchServe's Java frontend: pools that
+            # spin-wait between calls (OpenMP, OpenBLAS) would take the frontend's core
+            threads = int(os.environ.get("TORCH_THREADS", "1"))
+            torch.set_num_threads(threads)
+            threadpool_limits(threads, user_api="blas")
+        warm = np.arange(1, min(self.catalog.size, self.model.cfg.seq_len) + 1, dtype=np.int64)
+        exact_top_k(encode(self.model, [warm]).vectors, self.item_weights, 10, None, [warm])  # lazy buffers now
         self.initialized = True
         log.info("gsasrec loaded from %s on %s: %d items", root, self.device, self.catalog.size)
 
