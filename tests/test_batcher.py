@@ -86,3 +86,18 @@ def test_an_error_reaches_every_waiting_request_and_the_batcher_recovers(pattern
         batcher.close()
     assert all(isinstance(e, MethodUnavailable) for e in failing)
     assert working["strategy"] == "sequence" and len(working["items"]) == 5
+
+
+def test_user_vectors_are_cached_until_the_history_changes(pattern_model: Path, store) -> None:
+    passes: list[str] = []
+    rec = Recommender(load_artifact(pattern_model), store, MemoryCache(),
+                      observe=lambda stage, seconds: passes.append(stage))
+    passes.clear()  # the warm-up pass
+    first = rec.recommend(5, 5).to_dict()
+    other_k = rec.recommend(5, 8, filters=Filters(genres=("Comedy",))).to_dict()  # new response, same user vector
+    assert passes.count("model") == 1
+    assert other_k["items"][0]["because"] and first["items"][0]["because"] == other_k["items"][0]["because"]
+    store.add_rating(5, int(rec.catalog.movie_ids[1]), 4.0)
+    rec.invalidate(5)
+    rec.recommend(5, 8, filters=Filters(genres=("Comedy",)))
+    assert passes.count("model") == 2

@@ -160,6 +160,29 @@ class Recommender:
         self.observe("model", time.perf_counter() - start)
         return encoded.vectors.numpy(), encoded.because
 
+    def user_vectors(self, user_ids: Sequence[int], histories: Sequence[np.ndarray]
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`encode` with the cache: a user's vector and explanation live until their history changes."""
+        dim = self.model.cfg.dim
+        vectors = np.empty((len(user_ids), dim), dtype=np.float32)
+        because: list[np.ndarray] = [np.empty(0, np.int64)] * len(user_ids)
+        missing = []
+        for row, user_id in enumerate(user_ids):
+            raw = self.cache.get(user_prefix(user_id) + "vector")
+            self.cache_stats.count(raw is not None)
+            if raw is None:
+                missing.append(row)
+            else:
+                vectors[row] = np.frombuffer(raw, np.float32, dim)
+                because[row] = np.frombuffer(raw, np.int64, offset=4 * dim)
+        if missing:
+            fresh, explained = self.encode([histories[row] for row in missing])
+            for row, vector, items in zip(missing, fresh, explained):
+                vectors[row], because[row] = vector, items
+                value = vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
+                self.cache.set(user_prefix(user_ids[row]) + "vector", value, self.ttl)
+        return vectors, because
+
     def titles(self, items: np.ndarray) -> list[str]:
         return [self.catalog.titles[int(i)] or str(self.catalog.movie_ids[int(i)]) for i in items]
 
@@ -241,10 +264,10 @@ class Recommender:
             if remote is not None:
                 (ranked, because), served_by = remote, "torchserve"
             elif method == "torchserve":
-                vectors, because = self.encode(hs)
+                vectors, because = self.user_vectors(sequence_users, hs)
                 ranked = self._exact(vectors, k, allowed, seen)
             else:
-                vectors, because = self.encode(hs)
+                vectors, because = self.user_vectors(sequence_users, hs)
                 ranked, index_version = self._indexed(method, vectors, k, filters, seen)
                 served_by = method
             for u, b, (items, scores) in zip(sequence_users, because, ranked):
