@@ -44,7 +44,8 @@ def test_concurrent_requests_share_a_pass_and_match_one_by_one(pattern_model: Pa
         results = asyncio.run(all_at_once())
     finally:
         batcher.close()
-    assert batches == [len(users)]  # one pass took every waiting request
+    # requests that wait while the model thread is busy share its next pass
+    assert sum(batches) == len(users) and max(batches) > 1
     for u, got in zip(users, results):
         want = alone.recommend(u, 5 if u % 2 else 7, "torchserve", comedy if u % 3 == 0 else Filters()).to_dict()
         assert got["user_id"] == u and not got["cached"]

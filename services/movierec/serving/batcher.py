@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -33,7 +34,7 @@ class RecommendBatcher:
         self.max_batch = max_batch
         self.on_batch = on_batch or (lambda size: None)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._pending: list[tuple[Params, int, asyncio.Future]] = []
+        self._pending: list[tuple[Params, int, np.ndarray, asyncio.Future]] = []
         self._draining = False
 
     async def run(self, fn: Callable[..., T], *args: Any, all_cores: bool = False) -> T:
@@ -55,9 +56,11 @@ class RecommendBatcher:
             cached = rec.cached_response(user_id, k, method, filters, exclude_rated)
         if cached is not None:
             return cached
+        # the history is read here, on the thread pool, while the model thread computes other batches
+        history = await asyncio.to_thread(rec.history, user_id)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append(((k, method, filters, exclude_rated), user_id, future))
+        self._pending.append(((k, method, filters, exclude_rated), user_id, history, future))
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())
@@ -69,13 +72,15 @@ class RecommendBatcher:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
                 self.on_batch(len(batch))
                 groups: dict[Params, list[tuple[int, asyncio.Future]]] = defaultdict(list)
-                for params, user_id, future in batch:
+                histories: dict[int, np.ndarray] = {}
+                for params, user_id, history, future in batch:
                     groups[params].append((user_id, future))
+                    histories[user_id] = history
                 for (k, method, filters, exclude_rated), waiting in groups.items():
                     users = [user_id for user_id, _ in waiting]
                     try:
                         recs = await self.run(self.recommender.recommend_many, users, k, method, filters,
-                                              exclude_rated, False)
+                                              exclude_rated, False, histories)
                     except Exception as exc:  # noqa: BLE001 - each caller gets the error (mapped to 4xx/503)
                         for _, future in waiting:
                             if not future.done():

@@ -234,12 +234,14 @@ class Recommender:
 
     def recommend_many(
         self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
-        exclude_rated: bool = True, check_cache: bool = True,
+        exclude_rated: bool = True, check_cache: bool = True, histories: dict[int, np.ndarray] | None = None,
     ) -> list[Recommendation]:
         """Recommendations for several users with one model pass for all sequence users.
 
         `check_cache=False` when the caller has just looked (the micro-batcher): every user is computed.
+        `histories` are the users' histories when the caller has read them already.
         """
+        known = histories or {}
         filters = filters or Filters()
         results: dict[int, Recommendation] = {}
         keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
@@ -248,7 +250,7 @@ class Recommender:
             if cached is not None:
                 results[u] = Recommendation(**cached)
         todo = [u for u in dict.fromkeys(user_ids) if u not in results]
-        histories = {u: self.history(u) for u in todo}
+        histories = {u: known[u] if u in known else self.history(u) for u in todo}
         allowed = None if filters.is_empty() else self.catalog.allowed(filters)
         sequence_users = [u for u in todo if method != "popular" and len(histories[u]) >= self.min_history]
         for u in todo:
