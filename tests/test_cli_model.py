@@ -133,3 +133,9 @@ def test_demo_falls_back_to_synthetic_data(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "synthetic" in result.output
     assert (home / "data" / "synthetic-small" / "ratings.csv").is_file()
+
+
+def test_serve_refuses_several_workers_without_a_shared_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("REDIS_HOST", raising=False)
+    result = runner.invoke(app, ["serve", "--home", str(tmp_path), "--workers", "2"])
+    one_error_line(result, "--workers 2", "REDIS_HOST")
