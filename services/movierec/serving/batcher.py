@@ -36,6 +36,7 @@ class RecommendBatcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._pending: list[tuple[Params, int, np.ndarray, asyncio.Future]] = []
         self._draining = False
+        self._drainer: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
     async def run(self, fn: Callable[..., T], *args: Any, all_cores: bool = False) -> T:
         """Run model work (e.g. a /recommend_batch call) in the model thread, in turn with the batches.
@@ -63,7 +64,7 @@ class RecommendBatcher:
         self._pending.append(((k, method, filters, exclude_rated), user_id, history, future))
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._drainer = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
