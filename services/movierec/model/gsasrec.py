@@ -75,7 +75,7 @@ class Block(nn.Module):
         if self.training:  # explicit attention so the dropout on its weights uses the fast mask
             a = self.drop(self._weights(q, k, attn_bias)) @ v
         else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, is_causal=attn_bias is None)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
@@ -90,15 +90,21 @@ class Block(nn.Module):
         h = self.norm1(x)
         q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d]).view(b, 1, heads, dh).transpose(1, 2)
         k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).view(b, n, 2, heads, dh).permute(2, 0, 3, 1, 4)
-        weights = self._weights(q, k, attn_bias[..., -1:, :])
+        weights = self._weights(q, k, None if attn_bias is None else attn_bias[..., -1:, :])
         last = x[:, -1] + self.proj((weights @ v).reshape(b, d))
         return last + self.ff(self.norm2(last)), weights[:, :, 0]
 
     @staticmethod
-    def _weights(q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        """softmax(q kᵀ / √d + bias); one baddbmm adds the mask and the scale inside the GEMM."""
+    def _weights(q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q kᵀ / √d + bias); one baddbmm adds the mask and the scale inside the GEMM.
+
+        No bias: every key is visible to every query (the last position of an unpadded batch).
+        """
         b, h, nq, dh = q.shape
         nk = k.shape[2]
+        if attn_bias is None:
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(dh**-0.5)
+            return scores.softmax(-1)
         scores = torch.baddbmm(
             attn_bias.expand(b, h, nq, nk).reshape(b * h, nq, nk),
             q.reshape(b * h, nq, dh), k.reshape(b * h, nk, dh).transpose(1, 2), alpha=dh**-0.5,
@@ -109,7 +115,12 @@ class Block(nn.Module):
         """Attention weights [B, heads, N, N] (for explanations; eval only)."""
         b, n, d = x.shape
         q, k, _ = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self._weights(q, k, attn_bias)
+        return self._weights(q, k, _causal_bias(n, x.device, x.dtype) if attn_bias is None else attn_bias)
+
+
+def _causal_bias(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, n, n] additive mask: 0 on and below the diagonal, -inf above."""
+    return torch.full((n, n), float("-inf"), device=device, dtype=dtype).triu_(1)[None, None]
 
 
 class GSASRec(nn.Module):
@@ -138,11 +149,13 @@ class GSASRec(nn.Module):
         """[num_items + 1, dim]; row 0 (padding) is never recommended."""
         return (self.item_emb if self.out_emb is None else self.out_emb).weight
 
-    def _embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         n = items.shape[1]
         valid = items != PADDING_IDX
         x = self.item_emb(items) * self.cfg.dim**0.5 + self.pos_emb.weight[self.cfg.seq_len - n :]
         x = self.drop(x) * valid.unsqueeze(-1)
+        if not self.training and bool(valid.all()):
+            return x, None  # no padding (e.g. one user at their own length): plain causal attention, no mask
         # causal, never attending to padding; a padding row attends to itself so softmax stays finite
         causal = torch.ones(n, n, dtype=torch.bool, device=items.device).tril()
         allowed = (causal & valid[:, None, :]) | torch.eye(n, dtype=torch.bool, device=items.device)
