@@ -239,6 +239,18 @@ def test_redis_cache_and_outage(api_home: Path, tmp_path: Path, redis_server) ->
         assert redis_server.client().keys("movierec:user:5:*") == []
         assert c.get("/health").json()["components"]["cache"]["ok"] is True
         assert c.get("/stats").json()["cache"]["kind"] == "redis"
+        # a batch reads and writes the cache in one round trip per kind of key (MGET, pipelined SET)
+        batch = {"user_ids": [7, 8, 9, 7], "k": 5, "method": "torchserve"}
+        first = c.post("/recommend_batch", json=batch).json()["results"]
+        assert [r["cached"] for r in first] == [False] * 4 and first[0] == first[3]
+        stored = {k.decode().rsplit(":", 1)[0] if ":rec:" in k.decode() else k.decode()
+                  for k in redis_server.client().keys("movierec:user:7:*")}
+        assert {"movierec:user:7:history", "movierec:user:7:vector"} <= stored
+        again = c.post("/recommend_batch", json=batch).json()["results"]
+        assert [r["cached"] for r in again] == [True] * 4
+        assert [r["items"] for r in again] == [r["items"] for r in first]
+        alone = c.post("/recommend", json={"user_id": 8, "k": 5, "method": "torchserve"}).json()
+        assert alone["cached"] is True and alone["items"] == first[1]["items"]
 
         redis_server.stop()
         down = c.post("/recommend", json={"user_id": 6, "k": 5})

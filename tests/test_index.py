@@ -103,7 +103,13 @@ def index(request: pytest.FixtureRequest, vectors: np.ndarray, catalog: Catalog)
         yield local
 
 
-def test_exact_search_equals_numpy_top_k(index: ItemIndex, vectors: np.ndarray, queries: np.ndarray) -> None:
+# a batch of 20 and of 3 queries: FAISS flat searches up to SELECTOR_QUERIES one at a time through a selector
+BATCHES = pytest.mark.parametrize("batch", [20, 3], ids=["batched", "few-queries"])
+
+
+@BATCHES
+def test_exact_search_equals_numpy_top_k(index: ItemIndex, vectors: np.ndarray, queries: np.ndarray, batch: int) -> None:
+    queries = queries[:batch]
     hits = index.search(queries, K)
     for u, expected in enumerate(brute_force(vectors, queries, K)):
         assert hits[u].items.tolist() == expected.tolist()
@@ -124,10 +130,12 @@ def test_filters_are_honoured_and_the_best_matches_found(
     assert all(sorted(h.items.tolist()) == (np.flatnonzero(allowed) + 1).tolist() for h in everything)
 
 
+@BATCHES
 @pytest.mark.parametrize("filters", [None, DRAMA_90S], ids=["unfiltered", "filtered"])
 def test_exclusions_keep_k_results(
-    index: ItemIndex, vectors: np.ndarray, catalog: Catalog, queries: np.ndarray, filters: Filters | None
+    index: ItemIndex, vectors: np.ndarray, catalog: Catalog, queries: np.ndarray, filters: Filters | None, batch: int
 ) -> None:
+    queries = queries[:batch]
     allowed = catalog.allowed(filters)
     # drop each user's own 15 best (allowed) items plus random ones, and padding / out-of-range ids
     rng = np.random.default_rng(4)

@@ -21,6 +21,8 @@ class Cache(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    def get_many(self, keys: list[str]) -> list[bytes | None]: ...  # one round trip
+    def set_many(self, values: dict[str, bytes], ttl: int) -> None: ...  # one round trip
     def delete_prefix(self, prefix: str) -> None: ...
     def health(self) -> tuple[bool, str]: ...
 
@@ -30,13 +32,18 @@ def user_prefix(user_id: int) -> str:
 
 
 class MemoryCache:
-    """A bounded LRU with per-entry expiry; thread-safe."""
+    """A bounded LRU with per-entry expiry; thread-safe.
+
+    Keys are also grouped by user, so dropping a user's keys touches only theirs, not the whole
+    cache (the lock is held meanwhile, and the event loop reads through it).
+    """
 
     kind = "memory"
     blocking = False
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._groups: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
@@ -46,7 +53,7 @@ class MemoryCache:
             if entry is None:
                 return None
             if entry[0] < time.monotonic():
-                del self._data[key]
+                self._drop(key)
                 return None
             self._data.move_to_end(key)
             return entry[1]
@@ -55,16 +62,45 @@ class MemoryCache:
         with self._lock:
             self._data[key] = (time.monotonic() + ttl, value)
             self._data.move_to_end(key)
+            self._groups.setdefault(_group(key), set()).add(key)
             while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+                self._drop(next(iter(self._data)))
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get(key) for key in keys]
+
+    def set_many(self, values: dict[str, bytes], ttl: int) -> None:
+        for key, value in values.items():
+            self.set(key, value, ttl)
 
     def delete_prefix(self, prefix: str) -> None:
         with self._lock:
-            for key in [k for k in self._data if k.startswith(prefix)]:
-                del self._data[key]
+            group = _group(prefix)  # '' unless the prefix names one user's keys
+            keys = self._groups.get(group, ()) if group else list(self._data)
+            for key in [k for k in keys if k.startswith(prefix)]:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        del self._data[key]
+        group = self._groups.get(_group(key))
+        if group is not None:
+            group.discard(key)
+            if not group:
+                del self._groups[_group(key)]
 
     def health(self) -> tuple[bool, str]:
         return True, f"in-process ({len(self._data)} entries)"
+
+
+def _group(key: str) -> str:
+    """'movierec:user:42:' for every key of user 42; '' for any other key."""
+    if not key.startswith(_USERS):
+        return ""
+    end = key.find(":", len(_USERS))
+    return key[: end + 1] if end >= 0 else ""
+
+
+_USERS = "movierec:user:"
 
 
 class RedisCache:
@@ -96,6 +132,26 @@ class RedisCache:
     def set(self, key: str, value: bytes, ttl: int) -> None:
         try:
             self.client.set(key, value, ex=ttl)
+        except redis.RedisError as exc:
+            self._failed(exc)
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return self.client.mget(keys)
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return [None] * len(keys)
+
+    def set_many(self, values: dict[str, bytes], ttl: int) -> None:
+        if not values:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(key, value, ex=ttl)
+            pipe.execute()
         except redis.RedisError as exc:
             self._failed(exc)
 

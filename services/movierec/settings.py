@@ -43,8 +43,6 @@ class Settings(BaseSettings):
     min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")
     torch_threads: int = Field(1, description="Intra-op threads per request (requests run concurrently).")
     index_poll_seconds: float = Field(5.0, description="How often the API looks for a new index version.")
-    gil_switch_ms: float = Field(0.5, gt=0, description="Python's GIL switch interval (its default is 5 ms): how "
-                                 "long the model thread may wait for the interpreter while the event loop runs.")
 
     @cached_property
     def model_path(self) -> Path:

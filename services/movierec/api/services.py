@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,9 +74,6 @@ class Services:
         torch.set_num_threads(settings.torch_threads)
         faiss.omp_set_num_threads(1)
         threadpool_limits(1, user_api="blas")
-        # the model thread gives the GIL up in every torch op and needs it back after; by default a
-        # thread waits up to 5 ms for it while the event loop runs Python
-        sys.setswitchinterval(settings.gil_switch_ms / 1000)
         metrics = ApiMetrics()
         services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path),
                        open_cache(settings.redis_host, settings.redis_port, settings.redis_db), metrics)

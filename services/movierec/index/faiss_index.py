@@ -34,6 +34,10 @@ from movierec.index.base import (
 )
 
 Method = Literal["flat", "ivf", "hnsw"]
+# up to this many queries, a flat index is searched one query at a time through an IDSelector
+# that masks the filter and the exclusions: FAISS 1.15 scans with its SIMD kernel then (2 ms for
+# 87,585 x 128 here), while its plain flat search costs ~11 ms for any batch of fewer than 20
+SELECTOR_QUERIES = 4
 METHODS: tuple[Method, ...] = ("flat", "ivf", "hnsw")
 
 
@@ -85,6 +89,8 @@ class FaissIndex(ItemIndex):
         fetch = min(k + extra, available)
         if k <= 0 or fetch == 0:
             return [Hits(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in range(len(queries))]
+        if self.method == "flat" and len(queries) <= SELECTOR_QUERIES:
+            return [self._search_one(queries[u:u + 1], k, allowed, drops[u]) for u in range(len(queries))]
         search = _Search(self, available / self.size)
         if allowed is None:
             scores, labels = search(queries, fetch)
@@ -94,6 +100,16 @@ class FaissIndex(ItemIndex):
         else:
             scores, labels = _search_postfiltered(search, queries, fetch, allowed)
         return [_hits(labels[u], scores[u], drops[u], k) for u in range(len(queries))]
+
+    def _search_one(self, query: np.ndarray, k: int, allowed: np.ndarray | None, drop: np.ndarray) -> Hits:
+        """One query on a flat index, everything it may not return masked out by an IDSelectorBitmap."""
+        keep = np.ones(self.size, dtype=bool) if allowed is None else allowed.copy()
+        keep[drop] = False
+        bitmap = np.packbits(keep, bitorder="little")  # must outlive the search
+        params = faiss.SearchParameters()
+        params.sel = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap))
+        scores, labels = self.index.search(query, min(k, int(keep.sum())) or 1, params=params)
+        return _hits(labels[0], scores[0], np.empty(0, np.int64), k)
 
     def save(self, path: Path) -> None:
         faiss.write_index(self.index, str(path))

@@ -137,17 +137,26 @@ class Recommender:
     # -- histories ---------------------------------------------------------------------------
     def history(self, user_id: int) -> np.ndarray:
         """The user's known item_idx, oldest first (cached; dropped on update)."""
-        key = user_prefix(user_id) + "history"
-        raw = self.cache.get(key)
-        self.cache_stats.count(raw is not None)
-        if raw is not None:
-            return np.frombuffer(raw, dtype=np.int64)
-        start = time.perf_counter()
-        rows = self.store.user_history(user_id)
-        self.observe("store", time.perf_counter() - start)
-        items = self.catalog.to_item_idx([movie for movie, _, _ in rows])
-        self.cache.set(key, items.astype(np.int64).tobytes(), self.ttl)
-        return items
+        return self.histories([user_id])[user_id]
+
+    def histories(self, user_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """`history` of several users with one cache round trip for all of them."""
+        users = list(dict.fromkeys(user_ids))
+        keys = [user_prefix(u) + "history" for u in users]
+        found: dict[int, np.ndarray] = {}
+        fresh: dict[str, bytes] = {}
+        for u, key, raw in zip(users, keys, self.cache.get_many(keys)):
+            self.cache_stats.count(raw is not None)
+            if raw is not None:
+                found[u] = np.frombuffer(raw, dtype=np.int64)
+                continue
+            start = time.perf_counter()
+            rows = self.store.user_history(u)
+            self.observe("store", time.perf_counter() - start)
+            found[u] = self.catalog.to_item_idx([movie for movie, _, _ in rows])
+            fresh[key] = found[u].astype(np.int64).tobytes()
+        self.cache.set_many(fresh, self.ttl)
+        return found
 
     def invalidate(self, user_id: int) -> None:
         self.cache.delete_prefix(user_prefix(user_id))
@@ -167,8 +176,8 @@ class Recommender:
         vectors = np.empty((len(user_ids), dim), dtype=np.float32)
         because: list[np.ndarray] = [np.empty(0, np.int64)] * len(user_ids)
         missing = []
-        for row, user_id in enumerate(user_ids):
-            raw = self.cache.get(user_prefix(user_id) + "vector")
+        keys = [user_prefix(u) + "vector" for u in user_ids]
+        for row, raw in enumerate(self.cache.get_many(keys)):
             self.cache_stats.count(raw is not None)
             if raw is None:
                 missing.append(row)
@@ -177,10 +186,11 @@ class Recommender:
                 because[row] = np.frombuffer(raw, np.int64, offset=4 * dim)
         if missing:
             fresh, explained = self.encode([histories[row] for row in missing])
+            values = {}
             for row, vector, items in zip(missing, fresh, explained):
                 vectors[row], because[row] = vector, items
-                value = vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
-                self.cache.set(user_prefix(user_ids[row]) + "vector", value, self.ttl)
+                values[keys[row]] = vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
+            self.cache.set_many(values, self.ttl)
         return vectors, because
 
     def titles(self, items: np.ndarray) -> list[str]:
@@ -245,12 +255,13 @@ class Recommender:
         filters = filters or Filters()
         results: dict[int, Recommendation] = {}
         keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
-        for u in dict.fromkeys(user_ids) if check_cache else ():
-            cached = self.cached_response(u, k, method, filters, exclude_rated)
-            if cached is not None:
-                results[u] = Recommendation(**cached)
-        todo = [u for u in dict.fromkeys(user_ids) if u not in results]
-        histories = {u: known[u] if u in known else self.history(u) for u in todo}
+        distinct = list(dict.fromkeys(user_ids))
+        for u, raw in zip(distinct, self.cache.get_many([keys[u] for u in distinct]) if check_cache else ()):
+            self.cache_stats.count(raw is not None)
+            if raw is not None:
+                results[u] = Recommendation(**{**orjson.loads(raw), "cached": True})
+        todo = [u for u in distinct if u not in results]
+        histories = {**self.histories([u for u in todo if u not in known]), **{u: known[u] for u in todo if u in known}}
         allowed = None if filters.is_empty() else self.catalog.allowed(filters)
         sequence_users = [u for u in todo if method != "popular" and len(histories[u]) >= self.min_history]
         for u in todo:
@@ -275,8 +286,7 @@ class Recommender:
             for u, b, (items, scores) in zip(sequence_users, because, ranked):
                 results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
                                          index_version)
-        for u in todo:
-            self.cache.set(keys[u], orjson.dumps(results[u].to_dict()), self.ttl)
+        self.cache.set_many({keys[u]: orjson.dumps(results[u].to_dict()) for u in todo}, self.ttl)
         return [results[u] for u in user_ids]
 
     def recommend(self, user_id: int, k: int, method: str = "torchserve", filters: Filters | None = None,

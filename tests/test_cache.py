@@ -1,0 +1,38 @@
+"""The in-process cache: LRU bound, expiry, and dropping one user's keys without touching others."""
+
+from __future__ import annotations
+
+import time
+
+from movierec.cache import MemoryCache, user_prefix
+
+
+def test_dropping_a_user_keeps_every_other_key() -> None:
+    cache = MemoryCache()
+    for user in (4, 42, 420):
+        cache.set_many({user_prefix(user) + "history": b"h", user_prefix(user) + "rec:a": b"r"}, ttl=60)
+    cache.set("movierec:popular", b"p", ttl=60)
+    cache.delete_prefix(user_prefix(4))
+    assert cache.get_many([user_prefix(4) + "history", user_prefix(4) + "rec:a"]) == [None, None]
+    assert cache.get_many([user_prefix(42) + "history", user_prefix(420) + "rec:a"]) == [b"h", b"r"]
+    assert cache.get("movierec:popular") == b"p"
+    # a prefix that is not one user's (here: every rec key of user 42) still works, by a scan
+    cache.delete_prefix(user_prefix(42) + "rec")
+    assert cache.get(user_prefix(42) + "rec:a") is None and cache.get(user_prefix(42) + "history") == b"h"
+    cache.delete_prefix("movierec:")
+    assert cache.get(user_prefix(420) + "history") is None and cache.get("movierec:popular") is None
+
+
+def test_lru_bound_and_expiry() -> None:
+    cache = MemoryCache(max_entries=3)
+    for i in range(3):
+        cache.set(user_prefix(i) + "x", bytes([i]), ttl=60)
+    cache.get(user_prefix(0) + "x")  # 0 is now the most recently used
+    cache.set(user_prefix(9) + "x", b"9", ttl=60)
+    assert cache.get(user_prefix(1) + "x") is None  # the least recently used went
+    assert cache.get(user_prefix(0) + "x") == bytes([0])
+    cache.set(user_prefix(5) + "x", b"5", ttl=0)
+    time.sleep(0.01)
+    assert cache.get(user_prefix(5) + "x") is None
+    cache.delete_prefix(user_prefix(1))  # evicted earlier: nothing left to drop, no error
+    assert cache.health()[0] is True
