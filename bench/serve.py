@@ -232,7 +232,7 @@ def torchserve_rows(home: Path, workers: int, seconds: float, concurrency: int) 
     rows: dict[str, tuple[dict, dict]] = {}
     for batch in (16, 1):
         port = free_port()
-        server = start_torchserve(store, port, free_port(), free_port(), batch_size=batch, max_batch_delay_ms=5)
+        server = start_torchserve(store, port, free_port(), free_port(), batch_size=batch, max_batch_delay_ms=1)
         try:
             server.wait_ready(180)
             if batch == 16:

@@ -39,7 +39,7 @@ class ModelServerError(RuntimeError):
     """TorchServe could not be started or did not become ready (the message says why, with its log)."""
 
 
-def model_snapshot(batch_size: int = 16, max_batch_delay_ms: int = 5, workers: int = 1,
+def model_snapshot(batch_size: int = 16, max_batch_delay_ms: int = 1, workers: int = 1,
                    response_timeout_s: int = 60) -> str:
     models = {MODEL_NAME: {MODEL_VERSION: {
         "defaultVersion": True, "marName": f"{MODEL_NAME}.mar", "minWorkers": workers, "maxWorkers": workers,
@@ -72,7 +72,9 @@ job_queue_size=1000
 default_response_timeout=60
 model_store=/mnt/models/model-store
 load_models={MODEL_NAME}.mar
-# one worker per pod (scale with replicas); up to 16 concurrent requests share one model pass
+# one worker per pod (scale with replicas); up to 16 concurrent requests share one model pass.
+# maxBatchDelay 1 ms: a lone request waits no longer, and requests that queue while the worker
+# computes still batch (bench/serve.py: 1 ms beat 5 ms on latency and on throughput)
 model_snapshot={model_snapshot()}
 """
 
