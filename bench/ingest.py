@@ -108,6 +108,10 @@ def header() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):  # machines of one kind differ: say which vector units this one has
+                flags = set(line.split(":", 1)[1].split())
+                units = [u for u in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16") if u in flags]
+                cpu += f" ({', '.join(units) or 'no AVX2'})"
                 break
     except OSError:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,88 @@ def test_user_vectors_are_cached_until_the_history_changes(pattern_model: Path, 
     rec.invalidate(5)
     rec.recommend(5, 8, filters=Filters(genres=("Comedy",)))
     assert passes.count("model") == 2
+
+
+def test_identical_requests_in_flight_share_one_computation(pattern_model: Path, store) -> None:
+    batches: list[int] = []
+    batcher = RecommendBatcher(recommender(pattern_model, store), on_batch=batches.append)
+
+    async def herd():  # e.g. a popular cached response has just expired
+        return await asyncio.gather(*(batcher.recommend(9, 5, "torchserve", Filters(), True) for _ in range(10)))
+
+    try:
+        answers = asyncio.run(herd())
+    finally:
+        batcher.close()
+    assert batches == [1]  # one user computed once, not ten times
+    assert all(a["items"] == answers[0]["items"] for a in answers) and len(answers[0]["items"]) == 5
+
+
+class SlowFirstRead:
+    """A store whose first history read waits until released (an update lands meanwhile)."""
+
+    def __init__(self, store) -> None:
+        self.store, self.release, self.reading, self.calls = store, threading.Event(), threading.Event(), 0
+
+    def user_history(self, user_id: int, limit: int | None = None):
+        rows = self.store.user_history(user_id, limit)
+        self.calls += 1
+        if self.calls == 1:
+            self.reading.set()
+            self.release.wait(10)
+        return rows
+
+
+def slow_recommender(pattern_model: Path, store, user: int) -> tuple[Recommender, SlowFirstRead, int]:
+    """A recommender whose first history read blocks, and the user's current top movie."""
+    top = recommender(pattern_model, store).recommend(user, 5).items[0]["movie_id"]
+    slow = SlowFirstRead(store)
+    rec = Recommender(load_artifact(pattern_model), slow, MemoryCache())
+    slow.calls = 0  # after the warm-up
+    return rec, slow, top
+
+
+def test_a_result_computed_before_an_update_is_not_cached(pattern_model: Path, store) -> None:
+    user = 11
+    rec, slow, top = slow_recommender(pattern_model, store, user)
+    batcher = RecommendBatcher(rec)
+
+    async def scenario():
+        before = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
+        await asyncio.to_thread(slow.reading.wait, 10)  # its history is being read: the old one
+        store.add_rating(user, top, 5.0)  # what /update_user does: write, then invalidate
+        rec.invalidate(user)
+        slow.release.set()
+        return await before, await batcher.recommend(user, 5, "torchserve", Filters(), True)
+
+    try:
+        first, after = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert top in {i["movie_id"] for i in first["items"]}  # asked before the update: the old history
+    # it finished after the update, so it was not cached: the next request is computed afresh
+    assert not after["cached"] and top not in {i["movie_id"] for i in after["items"]}
+
+
+def test_a_request_after_an_update_does_not_wait_for_one_from_before(pattern_model: Path, store) -> None:
+    user = 12
+    rec, slow, top = slow_recommender(pattern_model, store, user)
+    batcher = RecommendBatcher(rec)
+
+    async def scenario():
+        before = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
+        await asyncio.to_thread(slow.reading.wait, 10)
+        store.add_rating(user, top, 5.0)
+        rec.invalidate(user)
+        # identical parameters, but the history changed: joining `before` would block until release
+        during = await asyncio.wait_for(batcher.recommend(user, 5, "torchserve", Filters(), True), 5)
+        slow.release.set()
+        await before
+        return during, await batcher.recommend(user, 5, "torchserve", Filters(), True)
+
+    try:
+        during, after = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert top not in {i["movie_id"] for i in during["items"]}
+    assert after["items"] == during["items"]

@@ -34,7 +34,8 @@ class RecommendBatcher:
         self.max_batch = max_batch
         self.on_batch = on_batch or (lambda size: None)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._pending: list[tuple[Params, int, np.ndarray, asyncio.Future]] = []
+        self._pending: list[tuple[Params, int, np.ndarray, int, asyncio.Future]] = []
+        self._inflight: dict[tuple, tuple[int, asyncio.Future]] = {}  # request -> (generation, its answer)
         self._draining = False
         self._drainer: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
@@ -49,7 +50,12 @@ class RecommendBatcher:
 
     async def recommend(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
                         ) -> dict[str, Any]:
-        """One user's recommendation as a response dict (from the cache when it is there)."""
+        """One user's recommendation as a response dict (from the cache when it is there).
+
+        Identical requests while one is being computed wait for that one (when a popular cached
+        response expires, one computation answers all who ask), unless the user's history changed
+        after it started.
+        """
         rec = self.recommender
         if rec.cache.blocking:  # a network cache: do not hold the event loop during the round trip
             cached = await asyncio.to_thread(rec.cached_response, user_id, k, method, filters, exclude_rated)
@@ -57,15 +63,32 @@ class RecommendBatcher:
             cached = rec.cached_response(user_id, k, method, filters, exclude_rated)
         if cached is not None:
             return cached
-        # the history is read here, on the thread pool, while the model thread computes other batches
-        history = await asyncio.to_thread(rec.history, user_id)
+        key = (user_id, k, method, filters, exclude_rated)
+        generation = rec.generation(user_id)
+        running = self._inflight.get(key)
+        if running is not None and running[0] == generation:
+            return await asyncio.shield(running[1])
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append(((k, method, filters, exclude_rated), user_id, history, future))
+        self._inflight[key] = (generation, future)
+        future.add_done_callback(lambda done: self._settled(key, done))
+        try:
+            # read here, on the thread pool, while the model thread computes other batches
+            history = await asyncio.to_thread(rec.history, user_id)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            future.exception()  # retrieved: whoever waits on it gets it, nobody else is warned
+            raise
+        self._pending.append(((k, method, filters, exclude_rated), user_id, history, generation, future))
         if not self._draining:
             self._draining = True
             self._drainer = loop.create_task(self._drain())
-        return await future
+        return await asyncio.shield(future)  # a client that goes away does not cancel it for the others
+
+    def _settled(self, key: tuple, future: asyncio.Future) -> None:
+        if self._inflight.get(key, (None, None))[1] is future:
+            del self._inflight[key]
 
     async def _drain(self) -> None:
         try:
@@ -74,14 +97,16 @@ class RecommendBatcher:
                 self.on_batch(len(batch))
                 groups: dict[Params, list[tuple[int, asyncio.Future]]] = defaultdict(list)
                 histories: dict[int, np.ndarray] = {}
-                for params, user_id, history, future in batch:
+                read_at: dict[int, int] = {}  # the generation each history was read at (the newest wins)
+                for params, user_id, history, generation, future in batch:
                     groups[params].append((user_id, future))
-                    histories[user_id] = history
+                    if generation >= read_at.get(user_id, -1):
+                        histories[user_id], read_at[user_id] = history, generation
                 for (k, method, filters, exclude_rated), waiting in groups.items():
                     users = [user_id for user_id, _ in waiting]
                     try:
                         recs = await self.run(self.recommender.recommend_many, users, k, method, filters,
-                                              exclude_rated, False, histories)
+                                              exclude_rated, False, histories, read_at)
                     except Exception as exc:  # noqa: BLE001 - each caller gets the error (mapped to 4xx/503)
                         for _, future in waiting:
                             if not future.done():

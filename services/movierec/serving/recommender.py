@@ -126,6 +126,9 @@ class Recommender:
         self.popularity[0] = -np.inf
         self.popularity -= np.arange(self.catalog.size + 1) * 1e-9  # deterministic ties: lower item_idx first
         self.remote: ModelServer | None = None  # method torchserve goes through it when set
+        # bumped by every invalidate(): what was computed from an older history is not cached
+        self._generations: dict[int, int] = {}
+        self._generations_lock = threading.Lock()
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -143,8 +146,10 @@ class Recommender:
         """`history` of several users with one cache round trip for all of them."""
         users = list(dict.fromkeys(user_ids))
         keys = [user_prefix(u) + "history" for u in users]
+        read_at = {u: self.generation(u) for u in users}
         found: dict[int, np.ndarray] = {}
         fresh: dict[str, bytes] = {}
+        fresh_users: list[int] = []
         for u, key, raw in zip(users, keys, self.cache.get_many(keys)):
             self.cache_stats.count(raw is not None)
             if raw is not None:
@@ -155,11 +160,23 @@ class Recommender:
             self.observe("store", time.perf_counter() - start)
             found[u] = self.catalog.to_item_idx([movie for movie, _, _ in rows])
             fresh[key] = found[u].astype(np.int64).tobytes()
-        self.cache.set_many(fresh, self.ttl)
+            fresh_users.append(u)
+        self.cache.set_many(self._current(fresh, fresh_users, read_at), self.ttl)
         return found
 
+    def generation(self, user_id: int) -> int:
+        """How many times this user's history changed (here); a history read now belongs to this generation."""
+        return self._generations.get(user_id, 0)
+
     def invalidate(self, user_id: int) -> None:
+        """The user's history changed: drop their cached entries, and refuse writes computed before now."""
+        with self._generations_lock:
+            self._generations[user_id] = self._generations.get(user_id, 0) + 1
         self.cache.delete_prefix(user_prefix(user_id))
+
+    def _current(self, values: dict[str, bytes], users: Sequence[int], read_at: dict[int, int]) -> dict[str, bytes]:
+        """The cache writes (keyed like `values`, one per user) whose user has not changed since read_at."""
+        return {key: value for (key, value), u in zip(values.items(), users) if self.generation(u) == read_at[u]}
 
     # -- the model ---------------------------------------------------------------------------
     def encode(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -169,9 +186,13 @@ class Recommender:
         self.observe("model", time.perf_counter() - start)
         return encoded.vectors.numpy(), encoded.because
 
-    def user_vectors(self, user_ids: Sequence[int], histories: Sequence[np.ndarray]
-                     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """`encode` with the cache: a user's vector and explanation live until their history changes."""
+    def user_vectors(self, user_ids: Sequence[int], histories: Sequence[np.ndarray],
+                     read_at: dict[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`encode` with the cache: a user's vector and explanation live until their history changes.
+
+        `read_at`: the generation each history was read at (default: now); stale vectors are not cached.
+        """
+        read_at = read_at if read_at is not None else {u: self.generation(u) for u in user_ids}
         dim = self.model.cfg.dim
         vectors = np.empty((len(user_ids), dim), dtype=np.float32)
         because: list[np.ndarray] = [np.empty(0, np.int64)] * len(user_ids)
@@ -190,7 +211,7 @@ class Recommender:
             for row, vector, items in zip(missing, fresh, explained):
                 vectors[row], because[row] = vector, items
                 values[keys[row]] = vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
-            self.cache.set_many(values, self.ttl)
+            self.cache.set_many(self._current(values, [user_ids[row] for row in missing], read_at), self.ttl)
         return vectors, because
 
     def titles(self, items: np.ndarray) -> list[str]:
@@ -245,13 +266,17 @@ class Recommender:
     def recommend_many(
         self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
         exclude_rated: bool = True, check_cache: bool = True, histories: dict[int, np.ndarray] | None = None,
+        read_at: dict[int, int] | None = None,
     ) -> list[Recommendation]:
         """Recommendations for several users with one model pass for all sequence users.
 
         `check_cache=False` when the caller has just looked (the micro-batcher): every user is computed.
-        `histories` are the users' histories when the caller has read them already.
+        `histories` are the users' histories when the caller has read them already, `read_at` the
+        generations they were read at: a result computed from a history that has changed since is
+        returned but not cached, so the next request sees the update.
         """
         known = histories or {}
+        read_at = {**{u: self.generation(u) for u in user_ids}, **(read_at or {})}
         filters = filters or Filters()
         results: dict[int, Recommendation] = {}
         keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
@@ -277,16 +302,17 @@ class Recommender:
             if remote is not None:
                 (ranked, because), served_by = remote, "torchserve"
             elif method == "torchserve":
-                vectors, because = self.user_vectors(sequence_users, hs)
+                vectors, because = self.user_vectors(sequence_users, hs, read_at)
                 ranked = self._exact(vectors, k, allowed, seen)
             else:
-                vectors, because = self.user_vectors(sequence_users, hs)
+                vectors, because = self.user_vectors(sequence_users, hs, read_at)
                 ranked, index_version = self._indexed(method, vectors, k, filters, seen)
                 served_by = method
             for u, b, (items, scores) in zip(sequence_users, because, ranked):
                 results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
                                          index_version)
-        self.cache.set_many({keys[u]: orjson.dumps(results[u].to_dict()) for u in todo}, self.ttl)
+        responses = {keys[u]: orjson.dumps(results[u].to_dict()) for u in todo}
+        self.cache.set_many(self._current(responses, todo, read_at), self.ttl)
         return [results[u] for u in user_ids]
 
     def recommend(self, user_id: int, k: int, method: str = "torchserve", filters: Filters | None = None,
