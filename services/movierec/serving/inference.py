@@ -126,7 +126,7 @@ def _mask_(scores: torch.Tensor, allowed: np.ndarray | None, exclude: Sequence[n
 
 # -- the int8 first pass ------------------------------------------------------------------------
 INT8_MIN_ITEMS = 16_384  # below this the fp32 scan is cheap enough
-INT8_MAX_USERS = 32  # above this a full GEMM is compute-bound and fp32 BLAS is as fast
+INT8_MAX_USERS = 16  # above this a full GEMM is compute-bound and fp32 BLAS is as fast (bench: 16-24)
 
 
 @dataclass
