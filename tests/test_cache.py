@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from movierec.cache import MemoryCache, user_prefix
+import pytest
+
+from movierec.cache import MemoryCache, RedisCache, user_prefix
 
 
 def test_dropping_a_user_keeps_every_other_key() -> None:
@@ -36,3 +38,25 @@ def test_lru_bound_and_expiry() -> None:
     assert cache.get(user_prefix(5) + "x") is None
     cache.delete_prefix(user_prefix(1))  # evicted earlier: nothing left to drop, no error
     assert cache.health()[0] is True
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_write_from_before_an_update_is_dropped_in_every_worker(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "memory":
+        shared = MemoryCache()
+        worker_a = worker_b = shared  # one process: both paths share the cache object
+    else:  # two workers: two clients of one Redis server
+        server = request.getfixturevalue("redis_server")
+        worker_a, worker_b = RedisCache("127.0.0.1", server.port), RedisCache("127.0.0.1", server.port)
+    read_at = worker_a.generations([7, 8])
+    assert read_at == {7: 0, 8: 0}
+    worker_b.invalidate_user(7)  # user 7 rated a movie meanwhile (another worker)
+    assert worker_a.generations([7, 8]) == {7: 1, 8: 0}
+    worker_a.set_many({user_prefix(7) + "rec:x": b"stale", user_prefix(8) + "rec:x": b"fresh",
+                       "movierec:other": b"no user"}, ttl=60, read_at=read_at)
+    assert worker_b.get(user_prefix(7) + "rec:x") is None  # computed from the old history: not cached
+    assert worker_b.get_many([user_prefix(8) + "rec:x", "movierec:other"]) == [b"fresh", b"no user"]
+    worker_a.set_many({user_prefix(7) + "rec:x": b"new"}, ttl=60, read_at=worker_a.generations([7]))
+    assert worker_b.get(user_prefix(7) + "rec:x") == b"new"
+    worker_b.invalidate_user(7)
+    assert worker_a.get(user_prefix(7) + "rec:x") is None and worker_a.generations([7]) == {7: 2}

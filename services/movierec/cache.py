@@ -1,7 +1,9 @@
 """The cache for user histories, user vectors and responses: Redis when REDIS_HOST is set, in-process otherwise.
 
 Values are bytes. Keys of one user share a prefix so `/update_user` can drop them all at once.
-When Redis fails, the cache reports a miss (or drops the write), counts the error and marks
+Each user also has a generation, bumped by every change of their history: a write made with the
+generation its data was read at is dropped when the history has changed since (so a computation
+that started before an update cannot cache its stale result over it, in any worker). When Redis fails, the cache reports a miss (or drops the write), counts the error and marks
 itself degraded; the API keeps serving uncached and `/health` says why.
 """
 
@@ -22,13 +24,22 @@ class Cache(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int) -> None: ...
     def get_many(self, keys: list[str]) -> list[bytes | None]: ...  # one round trip
-    def set_many(self, values: dict[str, bytes], ttl: int) -> None: ...  # one round trip
+    # one round trip; with `read_at`, a user's keys are written only if their generation is still that
+    def set_many(self, values: dict[str, bytes], ttl: int, read_at: dict[int, int] | None = None) -> None: ...
+    def generations(self, user_ids: list[int]) -> dict[int, int]: ...  # one round trip
+    def invalidate_user(self, user_id: int) -> None: ...  # bump the generation, drop the user's keys
     def delete_prefix(self, prefix: str) -> None: ...
     def health(self) -> tuple[bool, str]: ...
 
 
 def user_prefix(user_id: int) -> str:
     return f"movierec:user:{user_id}:"
+
+
+def key_user(key: str) -> int | None:
+    """The user whose prefix starts `key`, or None."""
+    group = _group(key)
+    return int(group[len(_USERS):-1]) if group else None
 
 
 class MemoryCache:
@@ -44,6 +55,7 @@ class MemoryCache:
     def __init__(self, max_entries: int = 100_000) -> None:
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._groups: dict[str, set[str]] = {}
+        self._generations: dict[int, int] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
@@ -60,18 +72,32 @@ class MemoryCache:
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
         with self._lock:
-            self._data[key] = (time.monotonic() + ttl, value)
-            self._data.move_to_end(key)
-            self._groups.setdefault(_group(key), set()).add(key)
-            while len(self._data) > self.max_entries:
-                self._drop(next(iter(self._data)))
+            self._set(key, value, ttl)
+
+    def _set(self, key: str, value: bytes, ttl: int) -> None:
+        self._data[key] = (time.monotonic() + ttl, value)
+        self._data.move_to_end(key)
+        self._groups.setdefault(_group(key), set()).add(key)
+        while len(self._data) > self.max_entries:
+            self._drop(next(iter(self._data)))
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         return [self.get(key) for key in keys]
 
-    def set_many(self, values: dict[str, bytes], ttl: int) -> None:
-        for key, value in values.items():
-            self.set(key, value, ttl)
+    def set_many(self, values: dict[str, bytes], ttl: int, read_at: dict[int, int] | None = None) -> None:
+        with self._lock:  # checked and written under one lock: an invalidation cannot land in between
+            for key, value in values.items():
+                user = key_user(key) if read_at is not None else None
+                if user is None or user not in read_at or self._generations.get(user, 0) == read_at[user]:
+                    self._set(key, value, ttl)
+
+    def generations(self, user_ids: list[int]) -> dict[int, int]:
+        return {u: self._generations.get(u, 0) for u in user_ids}
+
+    def invalidate_user(self, user_id: int) -> None:
+        with self._lock:
+            self._generations[user_id] = self._generations.get(user_id, 0) + 1
+        self.delete_prefix(user_prefix(user_id))
 
     def delete_prefix(self, prefix: str) -> None:
         with self._lock:
@@ -103,6 +129,20 @@ def _group(key: str) -> str:
 _USERS = "movierec:user:"
 
 
+def generation_key(user_id: int) -> str:
+    """Outside the user's prefix: dropping the user's keys keeps it."""
+    return f"movierec:generation:{user_id}"
+
+
+GENERATION_TTL = 7 * 24 * 3600  # refreshed by every update; far longer than any computation
+# KEYS: the generation key, then the keys to write; ARGV: the generation read at, the TTL, the values
+SET_IF_GENERATION = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[2]) end
+return 1
+"""
+
+
 class RedisCache:
     """redis-py with short timeouts; errors degrade to misses instead of failing requests."""
 
@@ -115,6 +155,7 @@ class RedisCache:
             health_check_interval=30,
         )
         self.address = f"{host}:{port}/{db}"
+        self._set_if_generation = self.client.register_script(SET_IF_GENERATION)
         self.errors = 0
         self.last_error: str | None = None
 
@@ -144,16 +185,44 @@ class RedisCache:
             self._failed(exc)
             return [None] * len(keys)
 
-    def set_many(self, values: dict[str, bytes], ttl: int) -> None:
+    def set_many(self, values: dict[str, bytes], ttl: int, read_at: dict[int, int] | None = None) -> None:
         if not values:
             return
+        by_user: dict[int, dict[str, bytes]] = {}
         try:
             pipe = self.client.pipeline(transaction=False)
             for key, value in values.items():
-                pipe.set(key, value, ex=ttl)
+                user = key_user(key) if read_at is not None else None
+                if user is None or user not in read_at:
+                    pipe.set(key, value, ex=ttl)
+                else:
+                    by_user.setdefault(user, {})[key] = value
+            for user, items in by_user.items():  # checked and written atomically inside Redis
+                self._set_if_generation(keys=[generation_key(user), *items], args=[read_at[user], ttl, *items.values()],
+                                        client=pipe)
             pipe.execute()
         except redis.RedisError as exc:
             self._failed(exc)
+
+    def generations(self, user_ids: list[int]) -> dict[int, int]:
+        if not user_ids:
+            return {}
+        try:
+            values = self.client.mget([generation_key(u) for u in user_ids])
+        except redis.RedisError as exc:
+            self._failed(exc)
+            values = [None] * len(user_ids)
+        return {u: int(v or 0) for u, v in zip(user_ids, values)}
+
+    def invalidate_user(self, user_id: int) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(generation_key(user_id))
+            pipe.expire(generation_key(user_id), GENERATION_TTL)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+        self.delete_prefix(user_prefix(user_id))
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key under prefix (SCAN, never KEYS)."""

@@ -57,14 +57,16 @@ class RecommendBatcher:
         after it started.
         """
         rec = self.recommender
-        if rec.cache.blocking:  # a network cache: do not hold the event loop during the round trip
-            cached = await asyncio.to_thread(rec.cached_response, user_id, k, method, filters, exclude_rated)
-        else:
+
+        def look() -> tuple[dict[str, Any] | None, int]:
             cached = rec.cached_response(user_id, k, method, filters, exclude_rated)
+            return cached, -1 if cached is not None else rec.generation(user_id)
+
+        # a network cache: do not hold the event loop during the round trips
+        cached, generation = await asyncio.to_thread(look) if rec.cache.blocking else look()
         if cached is not None:
             return cached
         key = (user_id, k, method, filters, exclude_rated)
-        generation = rec.generation(user_id)
         running = self._inflight.get(key)
         if running is not None and running[0] == generation:
             return await asyncio.shield(running[1])

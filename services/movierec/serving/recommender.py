@@ -126,9 +126,6 @@ class Recommender:
         self.popularity[0] = -np.inf
         self.popularity -= np.arange(self.catalog.size + 1) * 1e-9  # deterministic ties: lower item_idx first
         self.remote: ModelServer | None = None  # method torchserve goes through it when set
-        # bumped by every invalidate(): what was computed from an older history is not cached
-        self._generations: dict[int, int] = {}
-        self._generations_lock = threading.Lock()
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -146,10 +143,9 @@ class Recommender:
         """`history` of several users with one cache round trip for all of them."""
         users = list(dict.fromkeys(user_ids))
         keys = [user_prefix(u) + "history" for u in users]
-        read_at = {u: self.generation(u) for u in users}
+        read_at = self.cache.generations(users)
         found: dict[int, np.ndarray] = {}
         fresh: dict[str, bytes] = {}
-        fresh_users: list[int] = []
         for u, key, raw in zip(users, keys, self.cache.get_many(keys)):
             self.cache_stats.count(raw is not None)
             if raw is not None:
@@ -160,23 +156,16 @@ class Recommender:
             self.observe("store", time.perf_counter() - start)
             found[u] = self.catalog.to_item_idx([movie for movie, _, _ in rows])
             fresh[key] = found[u].astype(np.int64).tobytes()
-            fresh_users.append(u)
-        self.cache.set_many(self._current(fresh, fresh_users, read_at), self.ttl)
+        self.cache.set_many(fresh, self.ttl, read_at)
         return found
 
     def generation(self, user_id: int) -> int:
-        """How many times this user's history changed (here); a history read now belongs to this generation."""
-        return self._generations.get(user_id, 0)
+        """How many times this user's history changed; a history read now belongs to this generation."""
+        return self.cache.generations([user_id])[user_id]
 
     def invalidate(self, user_id: int) -> None:
         """The user's history changed: drop their cached entries, and refuse writes computed before now."""
-        with self._generations_lock:
-            self._generations[user_id] = self._generations.get(user_id, 0) + 1
-        self.cache.delete_prefix(user_prefix(user_id))
-
-    def _current(self, values: dict[str, bytes], users: Sequence[int], read_at: dict[int, int]) -> dict[str, bytes]:
-        """The cache writes (keyed like `values`, one per user) whose user has not changed since read_at."""
-        return {key: value for (key, value), u in zip(values.items(), users) if self.generation(u) == read_at[u]}
+        self.cache.invalidate_user(user_id)
 
     # -- the model ---------------------------------------------------------------------------
     def encode(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -192,7 +181,7 @@ class Recommender:
 
         `read_at`: the generation each history was read at (default: now); stale vectors are not cached.
         """
-        read_at = read_at if read_at is not None else {u: self.generation(u) for u in user_ids}
+        read_at = read_at if read_at is not None else self.cache.generations(list(user_ids))
         dim = self.model.cfg.dim
         vectors = np.empty((len(user_ids), dim), dtype=np.float32)
         because: list[np.ndarray] = [np.empty(0, np.int64)] * len(user_ids)
@@ -211,7 +200,7 @@ class Recommender:
             for row, vector, items in zip(missing, fresh, explained):
                 vectors[row], because[row] = vector, items
                 values[keys[row]] = vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
-            self.cache.set_many(self._current(values, [user_ids[row] for row in missing], read_at), self.ttl)
+            self.cache.set_many(values, self.ttl, read_at)
         return vectors, because
 
     def titles(self, items: np.ndarray) -> list[str]:
@@ -276,7 +265,8 @@ class Recommender:
         returned but not cached, so the next request sees the update.
         """
         known = histories or {}
-        read_at = {**{u: self.generation(u) for u in user_ids}, **(read_at or {})}
+        given = read_at or {}
+        read_at = {**self.cache.generations([u for u in dict.fromkeys(user_ids) if u not in given]), **given}
         filters = filters or Filters()
         results: dict[int, Recommendation] = {}
         keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
@@ -312,7 +302,7 @@ class Recommender:
                 results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
                                          index_version)
         responses = {keys[u]: orjson.dumps(results[u].to_dict()) for u in todo}
-        self.cache.set_many(self._current(responses, todo, read_at), self.ttl)
+        self.cache.set_many(responses, self.ttl, read_at)
         return [results[u] for u in user_ids]
 
     def recommend(self, user_id: int, k: int, method: str = "torchserve", filters: Filters | None = None,
