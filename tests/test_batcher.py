@@ -144,16 +144,23 @@ def slow_recommender(pattern_model: Path, store, user: int) -> tuple[Recommender
     return rec, slow, top
 
 
+async def update_while_reading(batcher: RecommendBatcher, slow: SlowFirstRead, store, user: int, movie: int
+                               ) -> asyncio.Task:
+    """Start a request, and while its history (the old one) is being read, rate `movie` as /update_user does."""
+    before = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
+    await asyncio.to_thread(slow.reading.wait, 10)
+    store.add_rating(user, movie, 5.0)  # write, then invalidate
+    batcher.recommender.invalidate(user)
+    return before
+
+
 def test_a_result_computed_before_an_update_is_not_cached(pattern_model: Path, store) -> None:
     user = 11
     rec, slow, top = slow_recommender(pattern_model, store, user)
     batcher = RecommendBatcher(rec)
 
     async def scenario():
-        before = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
-        await asyncio.to_thread(slow.reading.wait, 10)  # its history is being read: the old one
-        store.add_rating(user, top, 5.0)  # what /update_user does: write, then invalidate
-        rec.invalidate(user)
+        before = await update_while_reading(batcher, slow, store, user, top)
         slow.release.set()
         return await before, await batcher.recommend(user, 5, "torchserve", Filters(), True)
 
@@ -172,10 +179,7 @@ def test_a_request_after_an_update_does_not_wait_for_one_from_before(pattern_mod
     batcher = RecommendBatcher(rec)
 
     async def scenario():
-        before = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
-        await asyncio.to_thread(slow.reading.wait, 10)
-        store.add_rating(user, top, 5.0)
-        rec.invalidate(user)
+        before = await update_while_reading(batcher, slow, store, user, top)
         # identical parameters, but the history changed: joining `before` would block until release
         during = await asyncio.wait_for(batcher.recommend(user, 5, "torchserve", Filters(), True), 5)
         slow.release.set()
