@@ -24,6 +24,9 @@ class Cache(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def set(self, key: str, value: bytes, ttl: int) -> None: ...
     def get_many(self, keys: list[str]) -> list[bytes | None]: ...  # one round trip
+    # get_many and generations in one round trip
+    def get_with_generations(self, keys: list[str], user_ids: list[int]
+                             ) -> tuple[list[bytes | None], dict[int, int]]: ...
     # one round trip; with `read_at`, a user's keys are written only if their generation is still that
     def set_many(self, values: dict[str, bytes], ttl: int, read_at: dict[int, int] | None = None) -> None: ...
     def generations(self, user_ids: list[int]) -> dict[int, int]: ...  # one round trip
@@ -93,6 +96,10 @@ class MemoryCache:
 
     def generations(self, user_ids: list[int]) -> dict[int, int]:
         return {u: self._generations.get(u, 0) for u in user_ids}
+
+    def get_with_generations(self, keys: list[str], user_ids: list[int]
+                             ) -> tuple[list[bytes | None], dict[int, int]]:
+        return self.get_many(keys), self.generations(user_ids)
 
     def invalidate_user(self, user_id: int) -> None:
         with self._lock:
@@ -205,14 +212,18 @@ class RedisCache:
             self._failed(exc)
 
     def generations(self, user_ids: list[int]) -> dict[int, int]:
-        if not user_ids:
-            return {}
+        return self.get_with_generations([], user_ids)[1]
+
+    def get_with_generations(self, keys: list[str], user_ids: list[int]
+                             ) -> tuple[list[bytes | None], dict[int, int]]:
+        if not keys and not user_ids:
+            return [], {}
         try:
-            values = self.client.mget([generation_key(u) for u in user_ids])
+            values = self.client.mget([*keys, *(generation_key(u) for u in user_ids)])
         except redis.RedisError as exc:
             self._failed(exc)
-            values = [None] * len(user_ids)
-        return {u: int(v or 0) for u, v in zip(user_ids, values)}
+            values = [None] * (len(keys) + len(user_ids))
+        return values[:len(keys)], {u: int(v or 0) for u, v in zip(user_ids, values[len(keys):])}
 
     def invalidate_user(self, user_id: int) -> None:
         try:

@@ -57,13 +57,9 @@ class RecommendBatcher:
         after it started.
         """
         rec = self.recommender
-
-        def look() -> tuple[dict[str, Any] | None, int]:
-            cached = rec.cached_response(user_id, k, method, filters, exclude_rated)
-            return cached, -1 if cached is not None else rec.generation(user_id)
-
-        # a network cache: do not hold the event loop during the round trips
-        cached, generation = await asyncio.to_thread(look) if rec.cache.blocking else look()
+        look = (user_id, k, method, filters, exclude_rated)
+        # a network cache: do not hold the event loop during the round trip
+        cached, generation = await asyncio.to_thread(rec.lookup, *look) if rec.cache.blocking else rec.lookup(*look)
         if cached is not None:
             return cached
         key = (user_id, k, method, filters, exclude_rated)
@@ -76,7 +72,7 @@ class RecommendBatcher:
         future.add_done_callback(lambda done: self._settled(key, done))
         try:
             # read here, on the thread pool, while the model thread computes other batches
-            history = await asyncio.to_thread(rec.history, user_id)
+            history = await asyncio.to_thread(rec.history, user_id, generation)
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)

@@ -135,18 +135,24 @@ class Recommender:
         self._exact(vectors, 10, None, [history])
 
     # -- histories ---------------------------------------------------------------------------
-    def history(self, user_id: int) -> np.ndarray:
-        """The user's known item_idx, oldest first (cached; dropped on update)."""
-        return self.histories([user_id])[user_id]
+    def history(self, user_id: int, read_at: int | None = None) -> np.ndarray:
+        """The user's known item_idx, oldest first (cached; dropped on update).
 
-    def histories(self, user_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        `read_at`: the user's generation, when the caller has just read it.
+        """
+        return self.histories([user_id], None if read_at is None else {user_id: read_at})[user_id]
+
+    def histories(self, user_ids: Sequence[int], read_at: dict[int, int] | None = None) -> dict[int, np.ndarray]:
         """`history` of several users with one cache round trip for all of them."""
         users = list(dict.fromkeys(user_ids))
         keys = [user_prefix(u) + "history" for u in users]
-        read_at = self.cache.generations(users)
+        if read_at is not None and all(u in read_at for u in users):
+            raws = self.cache.get_many(keys)
+        else:
+            raws, read_at = self.cache.get_with_generations(keys, users)
         found: dict[int, np.ndarray] = {}
         fresh: dict[str, bytes] = {}
-        for u, key, raw in zip(users, keys, self.cache.get_many(keys)):
+        for u, key, raw in zip(users, keys, raws):
             self.cache_stats.count(raw is not None)
             if raw is not None:
                 found[u] = np.frombuffer(raw, dtype=np.int64)
@@ -248,9 +254,15 @@ class Recommender:
     def cached_response(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
                         ) -> dict[str, Any] | None:
         """The cached response for exactly these parameters, marked `cached`, or None."""
-        raw = self.cache.get(self._response_key(user_id, k, method, filters, exclude_rated))
+        return self.lookup(user_id, k, method, filters, exclude_rated)[0]
+
+    def lookup(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
+               ) -> tuple[dict[str, Any] | None, int]:
+        """The cached response (or None) and the user's generation, in one cache round trip."""
+        (raw,), generations = self.cache.get_with_generations(
+            [self._response_key(user_id, k, method, filters, exclude_rated)], [user_id])
         self.cache_stats.count(raw is not None)
-        return None if raw is None else {**orjson.loads(raw), "cached": True}
+        return (None if raw is None else {**orjson.loads(raw), "cached": True}), generations[user_id]
 
     def recommend_many(
         self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
