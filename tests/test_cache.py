@@ -60,3 +60,19 @@ def test_a_write_from_before_an_update_is_dropped_in_every_worker(kind: str, req
     assert worker_b.get(user_prefix(7) + "rec:x") == b"new"
     worker_b.invalidate_user(7)
     assert worker_a.get(user_prefix(7) + "rec:x") is None and worker_a.generations([7]) == {7: 2}
+
+
+def test_redis_drops_a_users_keys_from_their_key_set_not_a_scan(redis_server) -> None:
+    cache = RedisCache("127.0.0.1", redis_server.port)
+    cache.set(user_prefix(3) + "history", b"h", ttl=60)  # plain writes are indexed too
+    cache.set_many({user_prefix(3) + "rec:a": b"r", user_prefix(30) + "rec:a": b"other"}, ttl=60)
+    raw = redis_server.client()
+    assert {k.decode() for k in raw.smembers("movierec:keys:3")} == {user_prefix(3) + "history", user_prefix(3) + "rec:a"}
+    assert 0 < raw.ttl("movierec:keys:3") <= 60
+    cache.invalidate_user(3)
+    assert raw.keys("movierec:user:3:*") == [] and not raw.exists("movierec:keys:3")
+    assert cache.get(user_prefix(30) + "rec:a") == b"other"
+    assert cache.generations([3, 30]) == {3: 1, 30: 0}
+    raw.script_flush()  # as after a restart: the write loads its script again
+    cache.set_many({user_prefix(3) + "rec:b": b"again"}, ttl=60, read_at=cache.generations([3]))
+    assert cache.get(user_prefix(3) + "rec:b") == b"again" and cache.errors == 0

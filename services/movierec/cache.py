@@ -141,12 +141,31 @@ def generation_key(user_id: int) -> str:
     return f"movierec:generation:{user_id}"
 
 
+def index_key(user_id: int) -> str:
+    """The set of a user's cached keys, so that an update drops them without scanning the keyspace."""
+    return f"movierec:keys:{user_id}"
+
+
 GENERATION_TTL = 7 * 24 * 3600  # refreshed by every update; far longer than any computation
-# KEYS: the generation key, then the keys to write; ARGV: the generation read at, the TTL, the values
+# KEYS: the generation key, the user's key set, then the keys to write; ARGV: the generation read at,
+# the TTL, the values. Every write uses the same TTL, so the set outlives each of its members.
 SET_IF_GENERATION = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[2]) end
+if ARGV[1] ~= '' and (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i], 'EX', ARGV[2])
+  redis.call('SADD', KEYS[2], KEYS[i])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
+"""
+# KEYS: the generation key, the user's key set; ARGV: the generation's TTL. Bump, then drop every key.
+INVALIDATE_USER = """
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local keys = redis.call('SMEMBERS', KEYS[2])
+for i = 1, #keys do redis.call('DEL', keys[i]) end
+redis.call('DEL', KEYS[2])
+return #keys
 """
 
 
@@ -163,6 +182,7 @@ class RedisCache:
         )
         self.address = f"{host}:{port}/{db}"
         self._set_if_generation = self.client.register_script(SET_IF_GENERATION)
+        self._invalidate_user = self.client.register_script(INVALIDATE_USER)
         self.errors = 0
         self.last_error: str | None = None
 
@@ -178,10 +198,7 @@ class RedisCache:
             return None
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
-        try:
-            self.client.set(key, value, ex=ttl)
-        except redis.RedisError as exc:
-            self._failed(exc)
+        self.set_many({key: value}, ttl)
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
@@ -196,18 +213,34 @@ class RedisCache:
         if not values:
             return
         by_user: dict[int, dict[str, bytes]] = {}
+        plain = {}
+        for key, value in values.items():
+            user = key_user(key)
+            if user is None:
+                plain[key] = value
+            else:
+                by_user.setdefault(user, {})[key] = value
+
+        def fill(pipe: redis.client.Pipeline) -> None:
+            for key, value in plain.items():
+                pipe.set(key, value, ex=ttl)
+            for user, items in by_user.items():  # checked, written and indexed atomically inside Redis
+                expected = "" if read_at is None or user not in read_at else read_at[user]
+                keys = [generation_key(user), index_key(user), *items]
+                # EVALSHA itself: a Script object in a pipeline costs a SCRIPT EXISTS round trip per execute
+                pipe.evalsha(self._set_if_generation.sha, len(keys), *keys, expected, ttl, *items.values())
+
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in values.items():
-                user = key_user(key) if read_at is not None else None
-                if user is None or user not in read_at:
-                    pipe.set(key, value, ex=ttl)
-                else:
-                    by_user.setdefault(user, {})[key] = value
-            for user, items in by_user.items():  # checked and written atomically inside Redis
-                self._set_if_generation(keys=[generation_key(user), *items], args=[read_at[user], ttl, *items.values()],
-                                        client=pipe)
-            pipe.execute()
+            for attempt in range(2):
+                pipe = self.client.pipeline(transaction=False)
+                fill(pipe)
+                try:
+                    pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:  # first use, or a restarted server: load, write again
+                    if attempt:
+                        raise
+                    self.client.script_load(SET_IF_GENERATION)
         except redis.RedisError as exc:
             self._failed(exc)
 
@@ -226,17 +259,14 @@ class RedisCache:
         return values[:len(keys)], {u: int(v or 0) for u, v in zip(user_ids, values[len(keys):])}
 
     def invalidate_user(self, user_id: int) -> None:
+        """Bump the generation and drop the user's keys (those listed in their key set) in one script."""
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(generation_key(user_id))
-            pipe.expire(generation_key(user_id), GENERATION_TTL)
-            pipe.execute()
+            self._invalidate_user(keys=[generation_key(user_id), index_key(user_id)], args=[GENERATION_TTL])
         except redis.RedisError as exc:
             self._failed(exc)
-        self.delete_prefix(user_prefix(user_id))
 
     def delete_prefix(self, prefix: str) -> None:
-        """Delete every key under prefix (SCAN, never KEYS)."""
+        """Delete every key under prefix (SCAN, never KEYS: a walk of the keyspace; users use invalidate_user)."""
         try:
             keys = list(self.client.scan_iter(match=prefix + "*", count=500))
             if keys:
