@@ -192,3 +192,27 @@ def test_a_request_after_an_update_does_not_wait_for_one_from_before(pattern_mod
         batcher.close()
     assert top not in {i["movie_id"] for i in during["items"]}
     assert after["items"] == during["items"]
+
+
+def test_a_request_that_joined_an_abandoned_one_computes_its_own(pattern_model: Path, store) -> None:
+    user = 13
+    slow = SlowFirstRead(store)
+    rec = Recommender(load_artifact(pattern_model), slow, MemoryCache())
+    slow.calls = 0
+    batcher = RecommendBatcher(rec)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
+        await asyncio.to_thread(slow.reading.wait, 10)
+        joined = asyncio.create_task(batcher.recommend(user, 5, "torchserve", Filters(), True))
+        await asyncio.sleep(0.05)  # `joined` now waits for `first`
+        first.cancel()  # e.g. the server shuts that request down
+        slow.release.set()
+        return await asyncio.wait_for(joined, 10), first
+
+    try:
+        answer, first = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert first.cancelled()
+    assert answer["user_id"] == user and len(answer["items"]) == 5 and not answer["cached"]

@@ -65,7 +65,12 @@ class RecommendBatcher:
         key = (user_id, k, method, filters, exclude_rated)
         running = self._inflight.get(key)
         if running is not None and running[0] == generation:
-            return await asyncio.shield(running[1])
+            try:
+                return await asyncio.shield(running[1])
+            except asyncio.CancelledError:
+                if not running[1].cancelled():
+                    raise  # this request itself was cancelled
+                # the one it joined was abandoned before its history was read: compute it here
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._inflight[key] = (generation, future)
@@ -73,9 +78,11 @@ class RecommendBatcher:
         try:
             # read here, on the thread pool, while the model thread computes other batches
             history = await asyncio.to_thread(rec.history, user_id, generation)
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc)
+        except asyncio.CancelledError:
+            future.cancel()  # whoever joined computes it again
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
             future.exception()  # retrieved: whoever waits on it gets it, nobody else is warned
             raise
         self._pending.append(((k, method, filters, exclude_rated), user_id, history, generation, future))
