@@ -3,8 +3,9 @@
 Values are bytes. Keys of one user share a prefix so `/update_user` can drop them all at once.
 Each user also has a generation, bumped by every change of their history: a write made with the
 generation its data was read at is dropped when the history has changed since (so a computation
-that started before an update cannot cache its stale result over it, in any worker). When Redis fails, the cache reports a miss (or drops the write), counts the error and marks
-itself degraded; the API keeps serving uncached and `/health` says why.
+that started before an update cannot cache its stale result over it, in any worker). When Redis
+fails, the cache reports a miss (or drops the write), counts the error and marks itself degraded;
+the API keeps serving uncached and `/health` says why.
 """
 
 from __future__ import annotations

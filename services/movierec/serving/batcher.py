@@ -57,12 +57,11 @@ class RecommendBatcher:
         after it started.
         """
         rec = self.recommender
-        look = (user_id, k, method, filters, exclude_rated)
+        key = (user_id, k, method, filters, exclude_rated)
         # a network cache: do not hold the event loop during the round trip
-        cached, generation = await asyncio.to_thread(rec.lookup, *look) if rec.cache.blocking else rec.lookup(*look)
+        cached, generation = await asyncio.to_thread(rec.lookup, *key) if rec.cache.blocking else rec.lookup(*key)
         if cached is not None:
             return cached
-        key = (user_id, k, method, filters, exclude_rated)
         running = self._inflight.get(key)
         if running is not None and running[0] == generation:
             try:

@@ -143,7 +143,6 @@ class ItemMatrix:
     max_residual: float = 0.0  # max_j |w_j - scales[j] * codes[j]|_2
 
 
-@torch.inference_mode()
 def _two_pass_top_k(matrix: ItemMatrix, weights: torch.Tensor, vectors: torch.Tensor, k: int,
                     allowed: np.ndarray | None, exclude: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact top-k from int8 scores: every item that can be in the top k is re-scored in fp32.

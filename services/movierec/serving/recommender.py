@@ -165,10 +165,6 @@ class Recommender:
         self.cache.set_many(fresh, self.ttl, read_at)
         return found
 
-    def generation(self, user_id: int) -> int:
-        """How many times this user's history changed; a history read now belongs to this generation."""
-        return self.cache.generations([user_id])[user_id]
-
     def invalidate(self, user_id: int) -> None:
         """The user's history changed: drop their cached entries, and refuse writes computed before now."""
         self.cache.invalidate_user(user_id)
@@ -251,18 +247,17 @@ class Recommender:
         top = top[np.isfinite(scores[top])]
         return top, scores[top]
 
-    def cached_response(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
-                        ) -> dict[str, Any] | None:
-        """The cached response for exactly these parameters, marked `cached`, or None."""
-        return self.lookup(user_id, k, method, filters, exclude_rated)[0]
-
     def lookup(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
                ) -> tuple[dict[str, Any] | None, int]:
         """The cached response (or None) and the user's generation, in one cache round trip."""
         (raw,), generations = self.cache.get_with_generations(
             [self._response_key(user_id, k, method, filters, exclude_rated)], [user_id])
+        return self._cached(raw), generations[user_id]
+
+    def _cached(self, raw: bytes | None) -> dict[str, Any] | None:
+        """A cached response as a dict marked `cached` (None on a miss); counts the hit or miss."""
         self.cache_stats.count(raw is not None)
-        return (None if raw is None else {**orjson.loads(raw), "cached": True}), generations[user_id]
+        return None if raw is None else {**orjson.loads(raw), "cached": True}
 
     def recommend_many(
         self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
@@ -284,11 +279,12 @@ class Recommender:
         keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
         distinct = list(dict.fromkeys(user_ids))
         for u, raw in zip(distinct, self.cache.get_many([keys[u] for u in distinct]) if check_cache else ()):
-            self.cache_stats.count(raw is not None)
-            if raw is not None:
-                results[u] = Recommendation(**{**orjson.loads(raw), "cached": True})
+            cached = self._cached(raw)
+            if cached is not None:
+                results[u] = Recommendation(**cached)
         todo = [u for u in distinct if u not in results]
-        histories = {**self.histories([u for u in todo if u not in known]), **{u: known[u] for u in todo if u in known}}
+        histories = {**self.histories([u for u in todo if u not in known], read_at),
+                     **{u: known[u] for u in todo if u in known}}
         allowed = None if filters.is_empty() else self.catalog.allowed(filters)
         sequence_users = [u for u in todo if method != "popular" and len(histories[u]) >= self.min_history]
         for u in todo:
