@@ -12,7 +12,8 @@ import torch
 from movierec.data.prepared import load_prepared
 from movierec.model.artifact import ArtifactError, load_artifact
 from movierec.serving.inference import top_k
-from movierec.train.batches import TrainBatches, left_pad
+from movierec.model.padding import left_pad
+from movierec.train.batches import TrainBatches
 from movierec.train.evaluate import evaluate_model, evaluate_popularity
 from movierec.train.trainer import Trainer, TrainConfig
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from movierec.data.errors import DataError
 
 FORMAT = "movierec-prepared/1"
-PADDING_IDX = 0  # item_idx 0 is reserved for padding; real items are 1..num_items
+PADDING_IDX = 0  # item_idx 0 is reserved for padding (the model's PADDING_IDX; data/ does not import model/)
 
 _ARRAYS = ("seq_offsets", "seq_items", "seq_ratings", "seq_timestamps", "train_len", "val_users", "test_users")
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PADDING_IDX = 0
+from movierec.model.padding import PADDING_IDX
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from movierec.data.prepared import PADDING_IDX
 from movierec.model.gsasrec import GSASRec
-from movierec.train.batches import pad_histories
+from movierec.model.padding import PADDING_IDX, pad_histories
 
 
 BECAUSE = 3  # history items returned as the explanation of a recommendation

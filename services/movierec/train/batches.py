@@ -6,23 +6,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from movierec.data.prepared import PADDING_IDX, PreparedData
-
-
-def left_pad(sequences: list[np.ndarray], width: int) -> np.ndarray:
-    """Stack the last `width` items of each sequence, padded on the left with PADDING_IDX."""
-    out = np.full((len(sequences), width), PADDING_IDX, dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        tail = seq[-width:]
-        if len(tail):
-            out[row, width - len(tail) :] = tail
-    return out
-
-
-def pad_histories(histories: list[np.ndarray], seq_len: int) -> np.ndarray:
-    """Histories (oldest first) as one left-padded batch, no wider than the longest one or seq_len."""
-    width = max(1, min(seq_len, max((len(h) for h in histories), default=1)))
-    return left_pad([np.asarray(h) for h in histories], width)
+from movierec.data.prepared import PreparedData
+from movierec.model.padding import left_pad
 
 
 class TrainBatches:

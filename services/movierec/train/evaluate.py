@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from movierec.data.prepared import PADDING_IDX, PreparedData
+from movierec.data.prepared import PreparedData
 from movierec.model.gsasrec import GSASRec
 from movierec.model.metrics import summarize, target_ranks
-from movierec.train.batches import pad_histories
+from movierec.model.padding import PADDING_IDX, pad_histories
 
 
 def mask_seen(scores: np.ndarray, histories: list[np.ndarray]) -> None:
