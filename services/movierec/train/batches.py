@@ -41,8 +41,23 @@ class TrainBatches:
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
 
-    def epoch(self, number: int = 0, skip: int = 0) -> Iterator[np.ndarray]:
-        """The batches of epoch `number`, a pure function of (seed, number); `skip` resumes mid-epoch."""
+    @property
+    def mean_positions(self) -> float:
+        """Trained positions (input and label both items) per batch, averaged over an epoch.
+
+        The loss of every batch is divided by this one constant, so bucketed batches of short
+        users do not weigh more per interaction than batches of long ones.
+        """
+        positions = np.minimum(self.lengths[self.users], self.seq_len + 1) - 1
+        return float(positions.sum()) / max(1, len(self))
+
+    def epoch(self, number: int = 0, skip: int = 0, rank: int = 0, world: int = 1) -> Iterator[np.ndarray]:
+        """The batches of epoch `number`, a pure function of (seed, number); `skip` resumes mid-epoch.
+
+        With `world` > 1 processes, rank r reads every world-th batch starting at r (the epoch is cut
+        to a multiple of `world` so every rank makes the same number of steps); `skip` counts this
+        rank's batches.
+        """
         rng = np.random.default_rng([self.seed, number])
         users = rng.permutation(self.users)
         if self.bucket:
@@ -52,7 +67,8 @@ class TrainBatches:
         batches = [users[i : i + self.batch_size] for i in range(0, len(users), self.batch_size)]
         order = rng.permutation(len(batches))
         crops = rng.integers(0, 2**63 - 1, size=len(batches))
-        for position in range(skip, len(batches)):
+        positions = range(len(batches) - len(batches) % world)[rank::world]
+        for position in positions[skip:]:
             yield self.make(batches[order[position]], np.random.default_rng(crops[position]))
 
     def make(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Train gSASRec with gBCE on a prepared dataset: progress, validation, early stopping, checkpoints."""
+"""Train gSASRec on a prepared dataset: progress, validation, early stopping, checkpoints, torchrun/DDP."""
 
 from __future__ import annotations
 
@@ -14,30 +14,34 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel
 
 from movierec.data.prepared import PreparedData
 from movierec.model.artifact import save_artifact
 from movierec.model.gsasrec import GSASRec, ModelConfig
-from movierec.model.loss import gbce_beta, gbce_loss
 from movierec.train.batches import TrainBatches
+from movierec.train.distributed import broadcast_object, gather_objects, init_distributed, rank_device
 from movierec.train.evaluate import evaluate_model, evaluate_popularity
+from movierec.train.objective import Objective
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # model (defaults: the gSASRec paper's ML-1M setup)
+    # model (the gSASRec paper's ML-1M shape)
     seq_len: int = 200
     dim: int = 128
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.5
     share_embeddings: bool = False
-    # loss
+    # objective (train/objective.py): gbce | ce | sampled-softmax; negatives per sequence | position | batch
+    loss: str = "gbce"
     negatives: int = 256
+    negative_sharing: str = "sequence"
     gbce_t: float = 0.75
     # optimisation
     batch_size: int = 128
@@ -94,21 +98,15 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def batch_loss(model: GSASRec, batch: torch.Tensor, negatives: int, beta: float) -> torch.Tensor:
-    """gBCE over every position of a [B, N + 1] batch, k uniform negatives shared along each sequence.
-
-    Scoring against the negatives is one batched GEMM [B, N, d] x [B, d, k] instead of the
-    reference's [B, N, k + 1, d] gather.
-    """
-    inputs, labels = batch[:, :-1], batch[:, 1:]
-    hidden = model(inputs)
-    weights = model.output_embeddings
-    num_items = weights.shape[0] - 1
-    pos_logits = (hidden * F.embedding(labels, weights)).sum(-1)  # F.embedding: a much cheaper backward
-    neg_ids = torch.randint(1, num_items + 1, (batch.shape[0], negatives), device=batch.device)
-    neg_logits = torch.bmm(hidden, F.embedding(neg_ids, weights).transpose(1, 2))
-    neg_valid = neg_ids[:, None, :] != labels[:, :, None]  # a sampled negative equal to the target is dropped
-    return gbce_loss(pos_logits, neg_logits, beta, valid=labels != 0, neg_valid=neg_valid)
+def batch_loss(
+    model: GSASRec, batch: torch.Tensor, negatives: int, beta: float | None = None, *, loss: str = "gbce",
+    sharing: str = "sequence", gbce_t: float = 0.75, norm: float | None = None,
+) -> torch.Tensor:
+    """The loss of one [B, N + 1] batch (see train/objective.py); `beta` overrides the one from t."""
+    objective = Objective(model, loss, negatives, sharing, gbce_t)
+    if beta is not None:
+        objective.beta = beta
+    return objective(batch, norm)
 
 
 def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -119,17 +117,28 @@ def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 class Trainer:
+    """Single process, or one rank of a `torchrun` job (DDP; rank 0 validates and writes files)."""
+
     def __init__(self, data: PreparedData, out: str | Path, cfg: TrainConfig) -> None:
+        self.world = init_distributed(cfg.device)
+        cfg = TrainConfig.from_dict({**asdict(cfg), "device": rank_device(cfg.device, self.world)})
         self.data, self.out, self.cfg = data, Path(out), cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.rng = seed_everything(cfg.seed)
         self.model = GSASRec(cfg.model_config(data.num_items)).to(cfg.device)
+        self.objective = Objective(self.model, cfg.loss, cfg.negatives, cfg.negative_sharing, cfg.gbce_t)
+        self.step_fn: torch.nn.Module = self.objective
+        if self.world.distributed:  # DDP broadcasts rank 0's initial weights, then all-reduces gradients
+            ids = [self.world.local_rank] if cfg.device.startswith("cuda") else None
+            self.step_fn = DistributedDataParallel(self.objective, device_ids=ids)
+            torch.manual_seed(cfg.seed + self.world.rank)  # each rank its own dropout masks and negatives
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
         )
         self.batches = TrainBatches(data, cfg.batch_size, cfg.seq_len, cfg.seed, bucket=cfg.bucket, crop=cfg.crop)
-        self.beta = gbce_beta(data.num_items, cfg.negatives, cfg.gbce_t)
+        self.norm = self.batches.mean_positions
+        self.beta = self.objective.beta
         self.state = TrainState()
         self.best_weights = copy.deepcopy(self.model.state_dict())
 
@@ -139,6 +148,10 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
+        """Rank 0 writes; under DDP every rank must call this at the same step (it gathers RNG states)."""
+        rng_states = gather_objects(torch.get_rng_state(), self.world)
+        if not self.world.is_main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(
@@ -148,7 +161,9 @@ class Trainer:
                 "best_weights": self.best_weights,
                 "optimizer": self.optimizer.state_dict(),
                 "state": asdict(self.state),
-                "torch_rng": torch.get_rng_state(),
+                "torch_rng": rng_states[0],
+                "rank_rng": rng_states,
+                "world_size": self.world.size,
                 "numpy_rng": self.rng.bit_generator.state,
             },
             tmp,
@@ -157,15 +172,26 @@ class Trainer:
         log.info("checkpoint saved at step %d (%s)", self.state.step, self.checkpoint_path)
 
     def resume(self) -> bool:
-        if not self.checkpoint_path.is_file():
-            log.info("no checkpoint at %s; starting fresh", self.checkpoint_path)
+        """Continue from OUT/checkpoint.pt; under DDP rank 0 reads it and sends it to the others."""
+        ckpt = None
+        if self.world.is_main:
+            if self.checkpoint_path.is_file():
+                ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+            else:
+                log.info("no checkpoint at %s; starting fresh", self.checkpoint_path)
+        ckpt = broadcast_object(ckpt, self.world)
+        if ckpt is None:
             return False
-        ckpt = torch.load(self.checkpoint_path, map_location=self.cfg.device, weights_only=False)
+        if ckpt.get("world_size", 1) != self.world.size:
+            raise ValueError(
+                f"the checkpoint was written by {ckpt.get('world_size', 1)} processes; resume it with as many "
+                f"(this run has {self.world.size}): the position in the epoch counts each rank's batches"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.best_weights = ckpt["best_weights"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt.get("rank_rng", [ckpt["torch_rng"]])[self.world.rank])
         self.rng.bit_generator.state = ckpt["numpy_rng"]
         log.info("resumed from step %d (%.1f min trained)", self.state.step, self.state.elapsed / 60)
         return True
@@ -195,8 +221,18 @@ class Trainer:
         )
         return metrics
 
+    def _agree(self, done: bool, checkpoint: bool) -> tuple[bool, bool]:
+        """Rank 0's decisions (stop, checkpoint) and clock on every rank: one small broadcast per step."""
+        if not self.world.distributed:
+            return done, checkpoint
+        flags = torch.tensor([float(done), float(checkpoint), self.state.elapsed], dtype=torch.float64,
+                             device=self.cfg.device)
+        dist.broadcast(flags, src=0)
+        self.state.elapsed = float(flags[2])
+        return bool(flags[0]), bool(flags[1])
+
     def fit(self, show_progress: bool = True) -> dict[str, Any]:
-        cfg, st = self.cfg, self.state
+        cfg, st, main = self.cfg, self.state, self.world.is_main
         self.model.train()
         last_ckpt = time.monotonic()
         start = time.monotonic() - st.elapsed
@@ -208,15 +244,15 @@ class Trainer:
         ]
         done = False
         window_loss, window_seqs, window_start = [], 0, time.monotonic()
-        with Progress(*columns, disable=not show_progress, transient=False) as bar:
+        with Progress(*columns, disable=not (show_progress and main), transient=False) as bar:
             task = bar.add_task("train", total=total, completed=st.step, loss=0.0, rate=0.0,
                                 ndcg=max(st.best_metric, 0.0))
             while not done:
-                for batch_np in self.batches.epoch(st.epoch, skip=st.batch_in_epoch):
+                for batch_np in self.batches.epoch(st.epoch, st.batch_in_epoch, self.world.rank, self.world.size):
                     for group in self.optimizer.param_groups:
                         group["lr"] = cfg.lr * lr_factor(cfg, st.step, self.progress())
                     batch = torch.from_numpy(batch_np).to(cfg.device)
-                    loss = batch_loss(self.model, batch, cfg.negatives, self.beta)
+                    loss = self.step_fn(batch, self.norm)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
@@ -224,7 +260,7 @@ class Trainer:
                     st.batch_in_epoch += 1
                     st.elapsed = time.monotonic() - start
                     window_loss.append(loss.item())
-                    window_seqs += batch.shape[0]
+                    window_seqs += batch.shape[0] * self.world.size
                     if st.step % 20 == 0:
                         now = time.monotonic()
                         mean_loss = float(np.mean(window_loss))
@@ -232,7 +268,7 @@ class Trainer:
                         bar.update(task, completed=st.step, loss=mean_loss,
                                    rate=window_seqs / max(1e-9, now - window_start))
                         window_loss, window_seqs, window_start = [], 0, now
-                    if st.step % cfg.eval_every_steps == 0:
+                    if main and st.step % cfg.eval_every_steps == 0:
                         self.validate()
                         bar.update(task, ndcg=st.best_metric)
                         if st.stale_evals >= cfg.patience:
@@ -242,16 +278,19 @@ class Trainer:
                         cfg.max_minutes and st.elapsed >= 60 * cfg.max_minutes
                     ):
                         done = True
-                    if time.monotonic() - last_ckpt >= 60 * cfg.checkpoint_minutes:
+                    done, checkpoint = self._agree(done, time.monotonic() - last_ckpt >= 60 * cfg.checkpoint_minutes)
+                    if checkpoint:
                         self.save_checkpoint()
                         last_ckpt = time.monotonic()
                     if done:
                         break
                 else:
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-        if not st.curve or st.curve[-1]["step"] != st.step:
+        if main and (not st.curve or st.curve[-1]["step"] != st.step):
             self.validate()
         self.save_checkpoint()
+        if not main:
+            return {"steps": st.step, "minutes": st.elapsed / 60, "losses": st.losses}
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
@@ -260,6 +299,7 @@ class Trainer:
         self.model.eval()
         st = self.state
         metrics = {
+            "loss": self.cfg.loss,
             "best_val_ndcg@10": st.best_metric,
             "best_step": st.best_step,
             "steps": st.step,
@@ -298,7 +338,7 @@ def plot_training_curve(metrics: dict[str, Any], path: Path) -> None:
     if losses:
         ax2.plot([s for s, _ in losses], [v for _, v in losses])
     ax2.set_xlabel("step")
-    ax2.set_ylabel("gBCE loss")
+    ax2.set_ylabel(f"training loss ({metrics.get('loss', 'gbce')})")
     ax2.set_yscale("log")
     ax2.set_title("Training loss")
     fig.tight_layout()
