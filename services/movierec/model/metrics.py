@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -31,3 +33,32 @@ def summarize(ranks: np.ndarray) -> dict[str, float]:
         "recall@10": recall_at(ranks, 10),
         "users": int(len(ranks)),
     }
+
+
+def bootstrap_interval(
+    ranks: np.ndarray, metric: str = "ndcg@10", level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a metric's mean over users (users resampled with replacement)."""
+    if not len(ranks):
+        return (0.0, 0.0)
+    name, _, k = metric.partition("@")
+    k = int(k)
+    if name == "ndcg":
+        per_user = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    elif name == "recall":
+        per_user = (ranks < k).astype(np.float64)
+    else:
+        raise ValueError(f"bootstrap_interval: unknown metric {metric!r}")
+    rng = np.random.default_rng(seed)
+    means = per_user[rng.integers(0, len(per_user), size=(resamples, len(per_user)))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return (float(low), float(high))
+
+
+def summarize_with_intervals(ranks: np.ndarray, level: float = 0.95) -> dict[str, Any]:
+    """`summarize` plus a bootstrap interval for each metric: {"ndcg@10_ci": [low, high], ...}."""
+    out: dict[str, Any] = dict(summarize(ranks))
+    for metric in ("ndcg@10", "recall@1", "recall@10"):
+        out[f"{metric}_ci"] = list(bootstrap_interval(ranks, metric, level))
+    return out

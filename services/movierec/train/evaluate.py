@@ -7,7 +7,7 @@ import torch
 
 from movierec.data.prepared import PreparedData
 from movierec.model.gsasrec import GSASRec
-from movierec.model.metrics import summarize, target_ranks
+from movierec.model.metrics import summarize, summarize_with_intervals, target_ranks
 from movierec.model.padding import PADDING_IDX, pad_histories
 
 
@@ -42,9 +42,15 @@ def rank_targets(
     return np.concatenate(ranks) if ranks else np.empty(0, dtype=np.int64)
 
 
-def evaluate_model(model: GSASRec, data: PreparedData, part: str = "val") -> dict[str, float]:
+def model_ranks(model: GSASRec, data: PreparedData, part: str = "val") -> np.ndarray:
     histories, targets = data.eval_pairs(part)
-    return summarize(rank_targets(lambda h: model_scores(model, h), histories, targets))
+    return rank_targets(lambda h: model_scores(model, h), histories, targets)
+
+
+def evaluate_model(model: GSASRec, data: PreparedData, part: str = "val", intervals: bool = False) -> dict:
+    """NDCG@10, Recall@1/10 by full ranking; with `intervals`, a 95 % bootstrap interval for each."""
+    ranks = model_ranks(model, data, part)
+    return summarize_with_intervals(ranks) if intervals else summarize(ranks)
 
 
 def popularity_counts(data: PreparedData) -> np.ndarray:
@@ -55,9 +61,10 @@ def popularity_counts(data: PreparedData) -> np.ndarray:
     return np.bincount(np.asarray(data.seq_items)[idx], minlength=data.num_items + 1).astype(np.float32)
 
 
-def evaluate_popularity(data: PreparedData, part: str = "val") -> dict[str, float]:
+def evaluate_popularity(data: PreparedData, part: str = "val", intervals: bool = False) -> dict:
     histories, targets = data.eval_pairs(part)
     counts = popularity_counts(data)
     # ties among equally popular items are broken by item_idx so the baseline is deterministic
     base = counts + np.linspace(0, 0.5, len(counts), dtype=np.float64)[::-1]
-    return summarize(rank_targets(lambda h: np.tile(base, (len(h), 1)), histories, targets))
+    ranks = rank_targets(lambda h: np.tile(base, (len(h), 1)), histories, targets)
+    return summarize_with_intervals(ranks) if intervals else summarize(ranks)
