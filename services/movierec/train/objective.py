@@ -45,6 +45,8 @@ class Objective(nn.Module):
         self.model, self.loss, self.negatives, self.sharing = model, loss, negatives, sharing
         self.num_items = model.cfg.num_items
         self.beta = gbce_beta(self.num_items, negatives, gbce_t) if loss == "gbce" else 1.0
+        # per-position negatives, small catalog: all logits [M, |I|] cost less than gathering [M, k, d]
+        self.score_all = self.num_items * 8 < negatives * model.cfg.dim
 
     def _sampled(self, pos, neg, valid, neg_valid, norm) -> torch.Tensor:
         if self.loss == "gbce":
@@ -75,7 +77,7 @@ class Objective(nn.Module):
             neg = h @ F.embedding(neg_ids, weights).T
             return self._sampled(pos, neg, None, neg_ids[None, :] != targets[:, None], norm)
         neg_ids = torch.randint(1, self.num_items + 1, (len(targets), k), device=device)
-        if self.num_items * 8 < k * weights.shape[1]:  # small catalog: all logits are cheaper than [M, k, d]
+        if self.score_all:
             logits = h @ weights.T
             pos, neg = logits.gather(1, targets[:, None])[:, 0], logits.gather(1, neg_ids)
         else:
