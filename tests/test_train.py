@@ -11,11 +11,11 @@ import torch
 
 from movierec.data.prepared import load_prepared
 from movierec.model.artifact import ArtifactError, load_artifact
-from movierec.serving.inference import top_k
 from movierec.model.padding import left_pad
+from movierec.serving.inference import top_k
 from movierec.train.batches import TrainBatches
 from movierec.train.evaluate import evaluate_model, evaluate_popularity
-from movierec.train.trainer import Trainer, TrainConfig
+from movierec.train.trainer import TrainConfig, Trainer
 
 SMALL = dict(seq_len=32, dim=32, negatives=8, batch_size=32, dropout=0.1, lr=5e-3, warmup_steps=10, threads=2)
 
@@ -28,7 +28,7 @@ def test_left_pad_keeps_the_most_recent_items() -> None:
 def test_batches_cover_every_trainable_user_once_per_epoch(pattern_prepared: Path) -> None:
     data = load_prepared(pattern_prepared)
     batches = TrainBatches(data, batch_size=16, seq_len=8, seed=0, bucket=True)
-    rows = [b for b in batches.epoch()]
+    rows = list(batches.epoch())
     assert sum(len(b) for b in rows) == len(batches.users) == data.num_users
     assert all(b.shape[1] <= 9 for b in rows)
     # the training input never contains a validation or test target
@@ -116,3 +116,15 @@ def test_metrics_json_is_valid(pattern_prepared: Path, tmp_path: Path) -> None:
     assert saved["steps"] == 4 and len(saved["curve"]) == 2
     assert manifest["data"]["prepared_path"] == str(pattern_prepared.resolve())
     assert torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+
+
+def test_ranks_read_disjoint_shares_of_an_epoch(pattern_prepared: Path) -> None:
+    data = load_prepared(pattern_prepared)
+    batches = TrainBatches(data, batch_size=16, seq_len=8, seed=0)
+    whole = [b.tobytes() for b in batches.epoch(3)]
+    shares = [[b.tobytes() for b in batches.epoch(3, rank=r, world=2)] for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == len(whole) // 2  # same number of steps on every rank
+    assert not set(shares[0]) & set(shares[1])
+    assert set(shares[0]) | set(shares[1]) <= set(whole)
+    # resuming a rank mid-epoch skips its own batches
+    assert [b.tobytes() for b in batches.epoch(3, skip=2, rank=1, world=2)] == shares[1][2:]
