@@ -30,10 +30,9 @@ def gbce_beta(num_items: int, negatives: int, t: float) -> float:
 def _normalise(per_position: torch.Tensor, valid: torch.Tensor | None, norm: float | None) -> torch.Tensor:
     if valid is not None:
         per_position = per_position * valid.to(per_position.dtype)
-        count = valid.sum().clamp_min(1)
-    else:
-        count = per_position.numel()
-    return per_position.sum() / (norm if norm is not None else count)
+    if norm is not None:
+        return per_position.sum() / norm
+    return per_position.sum() / (valid.sum().clamp_min(1) if valid is not None else per_position.numel())
 
 
 def gbce_loss(

@@ -41,8 +41,8 @@ def bootstrap_interval(
     """Percentile bootstrap interval of a metric's mean over users (users resampled with replacement)."""
     if not len(ranks):
         return (0.0, 0.0)
-    name, _, k = metric.partition("@")
-    k = int(k)
+    name, _, cutoff = metric.partition("@")
+    k = int(cutoff) if cutoff.isdigit() else 0
     if name == "ndcg":
         per_user = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
     elif name == "recall":
