@@ -15,11 +15,12 @@ from movierec.data import prepare as prep
 from movierec.data.errors import DataError
 from movierec.data.prepared import load_prepared
 
-DATA = Path("/work/shared/data")
-SMALL = DATA / "ml-latest-small"
-GSASREC = DATA / "ml-1m-gsasrec"
-needs_small = pytest.mark.skipif(not SMALL.is_dir(), reason="ml-latest-small not available")
-needs_gsasrec = pytest.mark.skipif(not GSASREC.is_dir(), reason="ml-1m-gsasrec not available")
+from shared_data import DATA_ROOT, needs_data
+
+SMALL = DATA_ROOT / "ml-latest-small"
+GSASREC = DATA_ROOT / "ml-1m-gsasrec"
+needs_small = needs_data("ml-latest-small")
+needs_gsasrec = needs_data("ml-1m-gsasrec")
 
 # --------------------------------------------------------------------------------------------
 # A hand-made dataset with non-contiguous ids, unsorted times, timestamp ties and an unrated movie

@@ -11,11 +11,12 @@ import pytest
 from movierec.data import movielens as ml
 from movierec.data.errors import DataError
 
-DATA = Path("/work/shared/data")
-SMALL = DATA / "ml-latest-small"
-ML1M_MOVIES = DATA / "ml-1m-original" / "movies.dat"
-needs_small = pytest.mark.skipif(not SMALL.is_dir(), reason="ml-latest-small not available")
-needs_ml1m = pytest.mark.skipif(not ML1M_MOVIES.is_file(), reason="ml-1m-original not available")
+from shared_data import DATA_ROOT, needs_data
+
+SMALL = DATA_ROOT / "ml-latest-small"
+ML1M_MOVIES = DATA_ROOT / "ml-1m-original" / "movies.dat"
+needs_small = needs_data("ml-latest-small")
+needs_ml1m = needs_data("ml-1m-original/movies.dat")
 
 RATINGS_HEADER = "userId,movieId,rating,timestamp\n"
 
