@@ -14,7 +14,6 @@ import pytest
 from movierec.data import prepare as prep
 from movierec.data.errors import DataError
 from movierec.data.prepared import load_prepared
-
 from shared_data import DATA_ROOT, needs_data
 
 SMALL = DATA_ROOT / "ml-latest-small"

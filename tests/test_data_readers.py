@@ -10,7 +10,6 @@ import pytest
 
 from movierec.data import movielens as ml
 from movierec.data.errors import DataError
-
 from shared_data import DATA_ROOT, needs_data
 
 SMALL = DATA_ROOT / "ml-latest-small"

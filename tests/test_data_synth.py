@@ -1,7 +1,8 @@
-"""synthesize(): exact size, realistic constraints, determinism, and that it prepares cleanly."""
+"""synthesize(): exact size, realistic constraints, sequential viewing, determinism, and that it prepares cleanly."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,66 @@ def test_movies_tags_links(synth_dir: Path) -> None:
     movies = ml.read_movies_csv(synth_dir / "movies.csv").to_pydict()
     titles = movies["title"]
     assert any("," in t for t in titles) and any('"' in t for t in titles)
-    assert titles[0].startswith("Synthetic Movie ")
+    assert "Matrix, The (1999)" in titles and any(t.startswith("Matrix 2, The (") for t in titles)
+    assert len(set(titles)) > 0.9 * MOVIES  # words a person can search for, rarely the same title twice
     assert sum(y is not None for y in movies["year"]) > 0.98 * MOVIES
     assert {g for gs in movies["genres"] for g in gs} == set(GENRES)
     assert any(gs == [] for gs in movies["genres"])  # "(no genres listed)"
     tags = ml.read_tags_csv(synth_dir / "tags.csv")
     links = ml.read_links_csv(synth_dir / "links.csv")
     assert 0 < tags.num_rows <= RATINGS and links.num_rows == MOVIES
+
+
+@pytest.fixture(scope="module")
+def timeline(ratings: pd.DataFrame) -> pd.DataFrame:
+    """Every user's ratings oldest first (ties by movieId, as prepare orders them), with the rating's year."""
+    t = ratings.sort_values(["userId", "timestamp", "movieId"], kind="stable").reset_index(drop=True)
+    return t.assign(year=pd.to_datetime(t["timestamp"], unit="s").dt.year)
+
+
+def test_movies_are_rated_after_their_release(timeline: pd.DataFrame, synth_dir: Path) -> None:
+    movies = ml.read_movies_csv(synth_dir / "movies.csv").to_pandas().set_index("movieId")
+    released = timeline["movieId"].map(movies["year"]).fillna(0).to_numpy()
+    assert np.mean(timeline["year"].to_numpy() >= released) > 0.99
+
+
+def test_series_are_watched_in_order(timeline: pd.DataFrame, synth_dir: Path) -> None:
+    """"Matrix 2, The (2001)" follows "Matrix, The (1999)": usually next, and almost never before it."""
+    part = {}
+    movies = ml.read_movies_csv(synth_dir / "movies.csv").to_pandas()
+    for movie_id, title in zip(movies["movieId"], movies["title"], strict=True):
+        name = re.sub(r" \(\d{4}\)$", "", title)
+        numbered = re.match(r"^(.*?) (\d)(, The)?$", name)
+        series = numbered.group(1) + (numbered.group(3) or "") if numbered else name
+        part[(series, int(numbered.group(2)) if numbered else 1)] = movie_id
+    pairs = [(movie_id, part[(series, k + 1)]) for (series, k), movie_id in part.items() if (series, k + 1) in part]
+    assert len(pairs) > 50
+    where = {(u, m): i for i, (u, m) in enumerate(zip(timeline["userId"], timeline["movieId"], strict=True))}
+    gaps = [
+        where[(user, after)] - where[(user, before)]
+        for before, after in pairs
+        for user in timeline["userId"][timeline["movieId"] == before]
+        if (user, after) in where
+    ]
+    assert len(gaps) > 500
+    assert np.mean(np.array(gaps) > 0) > 0.7 and np.mean(np.array(gaps) == 1) > 0.5
+
+
+def test_tastes_come_in_runs(timeline: pd.DataFrame, synth_dir: Path) -> None:
+    """Consecutive movies of a user share a genre far more often than two random ratings do."""
+    movies = ml.read_movies_csv(synth_dir / "movies.csv").to_pandas()
+    genres = dict(zip(movies["movieId"], movies["genres"], strict=True))
+    sets = [set(genres[m]) for m in timeline["movieId"]]
+    users = timeline["userId"].to_numpy()
+    consecutive = np.mean([bool(sets[i] & sets[i + 1]) for i in np.flatnonzero(users[1:] == users[:-1])])
+    rng = np.random.default_rng(0)
+    random_pairs = np.mean([bool(sets[i] & sets[j]) for i, j in rng.integers(0, len(sets), size=(20_000, 2))])
+    assert consecutive > 2.5 * random_pairs
+
+
+def test_what_is_popular_depends_on_the_year(timeline: pd.DataFrame) -> None:
+    top = {y: set(timeline["movieId"][timeline["year"] == y].value_counts().index[:20]) for y in (1998, 2015)}
+    assert min(len(t) for t in top.values()) == 20 and len(top[1998] & top[2015]) <= 2
 
 
 def test_deterministic_for_a_seed(tmp_path: Path, synth_dir: Path) -> None:
