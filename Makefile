@@ -1,31 +1,58 @@
 # The two commands a fresh machine needs:  make demo  and  make test
+#
+#   make install              CPU PyTorch (no CUDA download) + movierec + test tools, into .venv
+#   make install TORCH=cu126  a CUDA build from PyTorch's index instead (TORCH=cuda: PyPI's CUDA 13 build)
+#   make demo [PORT=8100] [MOVIEREC_HOME=/tmp/x]
+#   make test [STRICT=1]      checks prerequisites first; STRICT=1 (CI) fails on any missing component
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
-PIP      = $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+TORCH   ?= cpu
 DATA    ?= ../shared/data
-HOME_DIR ?= artifacts
+MOVIEREC_HOME ?= artifacts
+PORT    ?= 8000
+STRICT  ?=
+PYTEST_ARGS ?= -q
+# The MongoDB wire server the tests start (mongoeco needs Python >= 3.13, so it has its own venv).
+MONGOECO_VENV ?= $(VENV)/mongoeco
+STAMP    = $(VENV)/.installed-torch-$(TORCH)
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install test-deps check clean bench
 
-$(BIN)/movierec: pyproject.toml constraints.txt
-	$(PY) -m venv $(VENV)
-	$(PIP) -e '.[dev]'
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/install.py
+	@$(PY) scripts/install.py --check-python
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python scripts/install.py --torch $(TORCH)
+	@rm -f $(VENV)/.installed-torch-*
 	@touch $@
 
-install: $(BIN)/movierec
+## test-deps: what the tests need beyond the package: the MongoDB wire server's venv
+test-deps: $(MONGOECO_VENV)/installed.txt
 
-## demo: data -> prepare -> train (bounded, reused) -> evaluate -> recommend, all on embedded defaults
+$(MONGOECO_VENV)/installed.txt: tests/mongo_server.py | $(STAMP)
+	$(BIN)/python tests/mongo_server.py --install $(MONGOECO_VENV) $(if $(STRICT),--strict)
+
+## check: every component the tests use is there (STRICT=1: a missing one stops here)
+check: $(STAMP)
+	@MONGOECO_VENV=$(abspath $(MONGOECO_VENV)) MOVIEREC_DATA=$(DATA) \
+		$(BIN)/python scripts/check_prereqs.py $(if $(STRICT),--strict)
+
+## demo: data -> prepare -> train (bounded, reused) -> evaluate -> recommend -> API on $(PORT)
 demo: install
-	$(BIN)/movierec demo --data-root $(DATA) --home $(HOME_DIR)
+	$(BIN)/movierec demo --data-root $(DATA) --home $(MOVIEREC_HOME) --port $(PORT)
 
-## test: the whole test suite (what .ci/run calls)
-test: install
-	$(BIN)/python -m pytest -q
+## test: the whole test suite (what .ci/run calls, with STRICT=1)
+test: install test-deps check
+	@MONGOECO_VENV=$(abspath $(MONGOECO_VENV)) MOVIEREC_DATA=$(DATA) $(if $(STRICT),MOVIEREC_STRICT_TESTS=1) \
+		$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status = 5 ]; then echo "error: pytest collected no tests (PYTEST_ARGS=$(PYTEST_ARGS))" >&2; fi; \
+	exit $$status
 
 bench: install
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) $(HOME_DIR)
+	rm -rf $(VENV) $(MOVIEREC_HOME)

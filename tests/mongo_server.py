@@ -2,10 +2,18 @@
 
 mongoeco needs Python >= 3.13 while the project runs on 3.11, so the server runs as a subprocess:
 this file, executed by the venv's Python, serves on a free loopback port, prints its URI and stops
-when its standard input closes. `session_uri(config)` returns MONGO_TEST_URI when set; otherwise it
-creates the venv under pytest's cache folder on first use (`pip install` of the pinned packages),
-starts one server per test session, waits until pymongo can ping it, and stops it at session end.
-Without a Python >= 3.13 (set MONGOECO_PYTHON to point at one) the MongoDB tests are skipped.
+when its standard input closes.
+
+The venv is made by the install step, not by a test run:
+
+    python tests/mongo_server.py --install .venv/mongoeco [--strict]     # what `make test-deps` runs
+
+finds a Python >= 3.13 (MONGOECO_PYTHON, pyenv's versions, python3.13/python3.14 on PATH), creates the
+venv and installs the pinned packages; without such a Python it says what to install and exits 0
+(status 2 with --strict). `session_uri(config)` returns MONGO_TEST_URI when set; otherwise it starts
+one server per test session from the venv at $MONGOECO_VENV (default .venv/mongoeco), waits until
+pymongo can ping it, and stops it at session end. Without the venv the MongoDB tests are skipped as a
+missing component, which strict mode (CI) turns into failures.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 SERVER_PACKAGES = ("mongoeco[wire]==4.11.0", "pymongo==4.20.0")
 START_TIMEOUT_S = 60
+REPO = Path(__file__).resolve().parents[1]
+MISSING = (
+    "missing component: the MongoDB wire test server ({reason}); install a Python >= 3.13 (pyenv install 3.13,"
+    " or MONGOECO_PYTHON=/path/to/python3.13) and run `make test-deps`, or set MONGO_TEST_URI to a MongoDB"
+)
 
 
 _session_server_uri: str | None = None
@@ -35,16 +48,28 @@ def session_uri(config) -> str:
     if _session_server_uri is None:
         import pytest
 
-        python = _python313()
+        folder = venv_folder()
+        python = installed_python(folder)
         if python is None:
-            pytest.skip("mongoeco needs Python >= 3.13 (none found; set MONGOECO_PYTHON or MONGO_TEST_URI)")
-        cache = config.cache.mkdir("mongoeco-venv") if getattr(config, "cache", None) else None
-        folder = Path(cache or Path(tempfile.gettempdir()) / "movierec-mongoeco-venv")
-        folder.mkdir(parents=True, exist_ok=True)
-        server = MongoecoServer(_venv_python(python, folder), folder / "server.log")
+            pytest.skip(MISSING.format(reason=f"no venv with {' '.join(SERVER_PACKAGES)} at {folder}"))
+        log = Path(tempfile.mkdtemp(prefix="movierec-mongoeco-")) / "server.log"
+        server = MongoecoServer(python, log)
         config.add_cleanup(_stopper(server))
         _session_server_uri = server.start()
     return _session_server_uri
+
+
+def venv_folder() -> Path:
+    """Where the install step puts the server's venv: $MONGOECO_VENV, else .venv/mongoeco in the repository."""
+    return Path(os.environ.get("MONGOECO_VENV") or REPO / ".venv" / "mongoeco")
+
+
+def installed_python(folder: Path) -> Path | None:
+    """The venv's Python if the venv holds exactly SERVER_PACKAGES (its marker says so), else None."""
+    python, marker = folder / "bin" / "python", folder / "installed.txt"
+    if python.is_file() and marker.is_file() and marker.read_text() == "\n".join(SERVER_PACKAGES):
+        return python
+    return None
 
 
 def _stopper(server: MongoecoServer):
@@ -111,7 +136,7 @@ def _wait_for_ping(uri: str) -> None:
                     raise
 
 
-def _python313() -> str | None:
+def python313() -> str | None:
     """A working Python >= 3.13: MONGOECO_PYTHON, then pyenv's versions, then python3.13/3.14 on PATH."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     candidates = [
@@ -127,21 +152,25 @@ def _python313() -> str | None:
     return None
 
 
-def _venv_python(python: str, folder: Path) -> Path:
-    """The venv's Python, after creating the venv and installing SERVER_PACKAGES unless already done."""
-    venv, marker = folder / "venv", folder / "installed.txt"
-    wanted = "\n".join(SERVER_PACKAGES)
-    if not (marker.is_file() and marker.read_text() == wanted):
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([python, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             *SERVER_PACKAGES],
-            check=True,
-            timeout=600,
-        )
-        marker.write_text(wanted)
-    return venv / "bin" / "python"
+def install(folder: Path, strict: bool = False) -> int:
+    """Create the server's venv at `folder` (unless it is there already); exit status for the command line."""
+    if installed_python(folder):
+        return 0
+    python = python313()
+    if python is None:
+        print(("error: " if strict else "note: ") + MISSING.format(reason="no Python >= 3.13 found"), file=sys.stderr)
+        return 2 if strict else 0
+    print(f"installing the MongoDB wire test server ({' '.join(SERVER_PACKAGES)}) into {folder} with {python}")
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([python, "-m", "venv", str(folder)], check=True)
+    subprocess.run(
+        [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         *SERVER_PACKAGES],
+        check=True,
+        timeout=900,
+    )  # fmt: skip
+    (folder / "installed.txt").write_text("\n".join(SERVER_PACKAGES))
+    return 0
 
 
 def _serve() -> None:
@@ -162,4 +191,6 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--install":
+        sys.exit(install(Path(sys.argv[2]), strict="--strict" in sys.argv[3:]))
     _serve()
