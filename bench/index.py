@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_catalog
 from ingest import ML32M, header  # noqa: E402
 
 K = 10
@@ -62,14 +63,14 @@ def main() -> None:
 
     import faiss
 
-    from movierec.index import Catalog, FaissIndex, FaissParams, Filters, build_faiss_index
+    from movierec.index import FaissIndex, FaissParams, Filters, ItemAttributes, build_faiss_index
     from movierec.index.qdrant_index import QdrantEdgeIndex
-    from movierec.index.synth import synthetic_items, synthetic_vectors
+    from synthetic_catalog import synthetic_items, synthetic_vectors
 
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     vectors = synthetic_vectors(rng, args.items, args.dim)
-    catalog = Catalog(synthetic_items(rng, args.items))
+    catalog = ItemAttributes(synthetic_items(rng, args.items))
     picked = vectors[rng.integers(0, args.items, args.queries)]
     queries = picked + rng.standard_normal(picked.shape).astype(np.float32) * picked.std()
     filters = Filters(genres=["Drama"], year_min=1990, year_max=2009)

@@ -7,7 +7,8 @@ Catalog: 87,585 movies (ML-32M's count) with synthetic metadata, 5,000 users wit
 a gSASRec model of the paper's shape (d=128, 2 blocks, L=200; random weights: speed does not
 depend on them), the SQLite store and a flat FAISS index. The API runs as `movierec serve`; the
 load generator is this script in a separate process (httpx, keep-alive, N concurrent clients).
-Caches live 1 s, so every uncached row computes from the history. Each scenario runs twice: one client (latency: p50/p99 of a request on an idle server) and
+Caches live 1 s, so every uncached row computes from the history. Each scenario runs twice: one
+client (latency: p50/p99 of a request on an idle server) and
 --concurrency clients (throughput: requests/s at saturation, with the latency under that load).
 The load comes from `wrk` when it is installed (Debian package `wrk`), else from this script's
 httpx client in a separate process.
@@ -31,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import REPO, header  # noqa: E402
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_catalog
+from ingest import header  # noqa: E402
 
 ITEMS, USERS = 87_585, 5_000
 
@@ -42,13 +44,13 @@ def build_home(home: Path, seed: int = 0) -> None:
         return
     import torch
 
-    from movierec.data.prepared import load_prepared, write_prepared
     from movierec.data.prepare import user_table
-    from movierec.index.store import build_from_model
-    from movierec.index.synth import synthetic_items
+    from movierec.data.prepared import load_prepared, write_prepared
+    from movierec.index.versions import build_from_model
     from movierec.model.artifact import save_artifact
     from movierec.model.gsasrec import GSASRec, ModelConfig
     from movierec.store import open_store
+    from synthetic_catalog import synthetic_items
 
     print(f"building the catalog in {home} ...", file=sys.stderr)
     rng = np.random.default_rng(seed)
@@ -230,8 +232,9 @@ def torchserve_rows(home: Path, workers: int, seconds: float, concurrency: int) 
     import httpx
 
     from movierec.data.prepared import load_prepared
-    from movierec.serving.model_server import build_archive, start_torchserve
-    from movierec.serving.wire import RankRequest, native_request
+    from movierec.serving.torchserve.archive import build_archive
+    from movierec.serving.torchserve.local import start_torchserve
+    from movierec.serving.torchserve.wire import RankRequest, native_request
 
     store = home / "torchserve"
     if not (store / "model-store" / "gsasrec.mar").is_file():
@@ -273,7 +276,7 @@ def torchserve_rows(home: Path, workers: int, seconds: float, concurrency: int) 
 
 def hnsw_rows(home: Path, workers: int, seconds: float, concurrency: int) -> tuple[dict, dict]:
     """Method faiss served from an HNSW version of the index (built once), then the flat one made current again."""
-    from movierec.index.store import build_from_model, current_version, set_current
+    from movierec.index.versions import build_from_model, current_version, set_current
 
     root = home / "index" / "faiss"
     flat = current_version(root)

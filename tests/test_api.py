@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from movierec.api.app import create_app
 from movierec.data.prepared import load_prepared
-from movierec.index.store import build_from_model
+from movierec.index.versions import build_from_model
 from movierec.settings import Settings
 from movierec.store import open_store
 
@@ -255,16 +255,16 @@ def test_qdrant_server_collection_is_built_once_and_reused(pattern_model: Path) 
     """The server adapter through qdrant-client's local mode (no Qdrant server runs here)."""
     from qdrant_client import QdrantClient
 
-    from movierec.api.services import qdrant_collection
-    from movierec.index.base import Catalog, item_vectors
+    from movierec.index.base import ItemAttributes, item_vectors
+    from movierec.index.qdrant_index import server_collection
     from movierec.model.artifact import load_artifact
 
     artifact = load_artifact(pattern_model)
-    vectors, catalog = item_vectors(artifact.model), Catalog(artifact.items)
+    vectors, catalog = item_vectors(artifact.model), ItemAttributes(artifact.items)
     client = QdrantClient(location=":memory:")
-    first = qdrant_collection(client, vectors, catalog)
+    first = server_collection(client, vectors, catalog)
     client.set_payload(first.collection, {"marker": 1}, points=[1])  # survives only if the collection is reused
-    again = qdrant_collection(client, vectors, catalog)
+    again = server_collection(client, vectors, catalog)
     assert again.version == first.version and client.retrieve(first.collection, [1])[0].payload.get("marker") == 1
-    changed = qdrant_collection(client, vectors * 2, catalog)
+    changed = server_collection(client, vectors * 2, catalog)
     assert changed.version != first.version and "marker" not in client.retrieve(first.collection, [1])[0].payload

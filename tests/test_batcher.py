@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from movierec.cache import MemoryCache
 from movierec.data.prepared import load_prepared
 from movierec.index.base import Filters
 from movierec.model.artifact import load_artifact
 from movierec.serving.batcher import RecommendBatcher
 from movierec.serving.recommender import MethodUnavailable, Recommender
 from movierec.store import open_store
+from movierec.store.cache import MemoryCache
 
 
 @pytest.fixture(scope="module")

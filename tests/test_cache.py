@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from movierec.cache import MemoryCache, RedisCache, user_prefix
+from movierec.store.cache import MemoryCache, RedisCache, user_prefix
 
 
 def test_dropping_a_user_keeps_every_other_key() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from movierec.cli import demo
 from movierec.cli.main import app
 
 runner = CliRunner()
@@ -132,7 +133,7 @@ def test_demo_falls_back_to_synthetic_data(tmp_path: Path) -> None:
                                  "--minutes", "0.05", "--offline", "--no-serve"])
     assert result.exit_code == 0, result.output
     assert "synthetic" in result.output
-    assert (home / "data" / "synthetic-small" / "ratings.csv").is_file()
+    assert (home / "data" / demo.SYNTHETIC / "ratings.csv").is_file()
 
 
 def test_serve_refuses_several_workers_without_a_shared_cache(tmp_path: Path, monkeypatch) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import mongo_server
 import pytest
-from conftest import write_pattern_movielens
+from pymongo import MongoClient
 from typer.testing import CliRunner
 
-from pymongo import MongoClient
-
+import mongo_server
+from conftest import write_pattern_movielens
 from movierec.cli.db import db_app
 from movierec.data.prepare import prepare
 from movierec.data.prepared import load_prepared

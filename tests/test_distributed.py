@@ -47,8 +47,10 @@ def test_two_processes_train_one_model(pattern_prepared: Path, tmp_path: Path) -
     assert all(r["world"] == 2 and r["resumed"] and r["steps"] == 60 for r in ranks)
     # each rank reads its own half of every epoch
     assert ranks[0]["epoch_batches"] == ranks[1]["epoch_batches"] == ranks[0]["all_batches"] // 2
-    # identical weights on both ranks after the steps
-    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # identical weights on both ranks after the steps: rank 0's are in the final checkpoint (its model then
+    # takes the best validated weights for the artifact), rank 1's model is left at the last step
+    checkpoint = torch.load(tmp_path / "model" / "checkpoint.pt", weights_only=False)
+    w0, w1 = checkpoint["model"], torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys()
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     # ... which moved away from the initialisation, and the loss fell
@@ -59,7 +61,7 @@ def test_two_processes_train_one_model(pattern_prepared: Path, tmp_path: Path) -
     assert (model / "model.pt").is_file() and (model / "checkpoint.pt").is_file()
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["steps"] == 60 and [row["step"] for row in metrics["curve"]] == [30, 60]
-    assert torch.load(model / "checkpoint.pt", weights_only=False)["world_size"] == 2
+    assert checkpoint["world_size"] == 2
 
 
 def _env() -> dict[str, str]:

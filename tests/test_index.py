@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from movierec.cli.index import index_app
 from movierec.data.prepared import load_prepared
 from movierec.index import (
-    Catalog,
     FaissParams,
     Filters,
     IndexFileError,
     IndexHolder,
+    ItemAttributes,
     ItemIndex,
     build_faiss_index,
     build_from_model,
@@ -30,10 +30,10 @@ from movierec.index import (
     set_current,
 )
 from movierec.index.qdrant_index import QdrantEdgeIndex, QdrantServerIndex, build_qdrant_index
-from movierec.index.synth import synthetic_items, synthetic_vectors
 from movierec.model.artifact import load_artifact, save_artifact
 from movierec.model.gsasrec import GSASRec, ModelConfig
-from movierec.serving.inference import top_k, user_vectors
+from movierec.serving.inference import history_vectors, top_k
+from synthetic_catalog import synthetic_items, synthetic_vectors
 
 N, DIM, K = 3000, 16, 10
 DRAMA_90S = Filters(genres=["Drama", "War"], year_min=1990, year_max=1999, min_rating=2.5)
@@ -44,8 +44,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return Catalog(synthetic_items(np.random.default_rng(1), N))
+def catalog() -> ItemAttributes:
+    return ItemAttributes(synthetic_items(np.random.default_rng(1), N))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int, allowed: np.nd
 
 
 @pytest.fixture(scope="module")
-def edge(vectors: np.ndarray, catalog: Catalog) -> Iterator[QdrantEdgeIndex]:
+def edge(vectors: np.ndarray, catalog: ItemAttributes) -> Iterator[QdrantEdgeIndex]:
     index = build_qdrant_index(vectors, catalog)  # no url: embedded Qdrant Edge
     assert isinstance(index, QdrantEdgeIndex)
     yield index
@@ -89,7 +89,7 @@ def edge(vectors: np.ndarray, catalog: Catalog) -> Iterator[QdrantEdgeIndex]:
 
 
 @pytest.fixture(scope="module", params=["faiss-flat", "faiss-flat-postfilter", "qdrant-edge", "qdrant-local"])
-def index(request: pytest.FixtureRequest, vectors: np.ndarray, catalog: Catalog) -> Iterator[ItemIndex]:
+def index(request: pytest.FixtureRequest, vectors: np.ndarray, catalog: ItemAttributes) -> Iterator[ItemIndex]:
     """Every exact backend, built over the same items: the contract tests below hold for each."""
     if request.param.startswith("faiss"):
         mode = "postfilter" if request.param.endswith("postfilter") else "selector"
@@ -118,7 +118,7 @@ def test_exact_search_equals_numpy_top_k(index: ItemIndex, vectors: np.ndarray, 
 
 
 def test_filters_are_honoured_and_the_best_matches_found(
-    index: ItemIndex, vectors: np.ndarray, catalog: Catalog, queries: np.ndarray
+    index: ItemIndex, vectors: np.ndarray, catalog: ItemAttributes, queries: np.ndarray
 ) -> None:
     allowed = catalog.allowed(DRAMA_90S)
     hits = index.search(queries, K, DRAMA_90S)
@@ -133,7 +133,7 @@ def test_filters_are_honoured_and_the_best_matches_found(
 @BATCHES
 @pytest.mark.parametrize("filters", [None, DRAMA_90S], ids=["unfiltered", "filtered"])
 def test_exclusions_keep_k_results(
-    index: ItemIndex, vectors: np.ndarray, catalog: Catalog, queries: np.ndarray, filters: Filters | None, batch: int
+    index: ItemIndex, vectors: np.ndarray, catalog: ItemAttributes, queries: np.ndarray, filters: Filters | None, batch: int
 ) -> None:
     queries = queries[:batch]
     allowed = catalog.allowed(filters)
@@ -154,7 +154,7 @@ def test_padding_is_never_returned(index: ItemIndex, queries: np.ndarray) -> Non
         assert hits.items.min() == 3 and hits.items.max() == N
 
 
-def test_filter_semantics(catalog: Catalog) -> None:
+def test_filter_semantics(catalog: ItemAttributes) -> None:
     mask = catalog.allowed(DRAMA_90S)
     table = catalog.table.to_pylist()
     for row, item in enumerate(table):
@@ -168,7 +168,7 @@ def test_filter_semantics(catalog: Catalog) -> None:
     assert catalog.allowed(Filters()) is None and catalog.allowed(None) is None
     assert not catalog.allowed(Filters(genres=["No Such Genre"])).any()
     # an item map without metadata (older artifacts): unknown everywhere, so any filter matches nothing
-    bare = Catalog(pa.table({"item_idx": [1, 2, 3]}))
+    bare = ItemAttributes(pa.table({"item_idx": [1, 2, 3]}))
     assert not bare.allowed(Filters(genres=["Drama"])).any() and not bare.allowed(Filters(year_min=1900)).any()
     assert bare.payloads() == [{"genres": []}] * 3
 
@@ -181,13 +181,13 @@ def test_model_index_ranks_like_inference(model_dir: Path, pattern_prepared: Pat
     data = load_prepared(pattern_prepared)
     histories = [data.history(u) for u in range(8)]
     expected = top_k(artifact.model, histories, k=5)
-    hits = index.search(user_vectors(artifact.model, histories).numpy(), 5, exclude=histories)
+    hits = index.search(history_vectors(artifact.model, histories).numpy(), 5, exclude=histories)
     for u, h in enumerate(hits):
         assert h.items.tolist() == expected.items[u].tolist()
         np.testing.assert_allclose(h.scores, expected.scores[u], rtol=1e-4, atol=1e-5)
 
 
-def test_approximate_methods_have_high_recall_and_valid_ids(catalog: Catalog) -> None:
+def test_approximate_methods_have_high_recall_and_valid_ids(catalog: ItemAttributes) -> None:
     rng = np.random.default_rng(5)
     clustered = synthetic_vectors(rng, N, DIM)
     queries = clustered[rng.integers(0, N, 50)] + 0.05 * rng.standard_normal((50, DIM)).astype(np.float32)
@@ -246,7 +246,7 @@ def test_versioned_build_and_hot_reload_under_concurrent_search(model_dir: Path,
     assert info.exit_code == 0 and v1 in info.output and v2 in info.output
 
 
-def test_corrupt_or_missing_files_are_reported(vectors: np.ndarray, catalog: Catalog, tmp_path: Path) -> None:
+def test_corrupt_or_missing_files_are_reported(vectors: np.ndarray, catalog: ItemAttributes, tmp_path: Path) -> None:
     from movierec.index import write_version
 
     out = tmp_path / "idx"
@@ -271,7 +271,7 @@ def test_corrupt_or_missing_files_are_reported(vectors: np.ndarray, catalog: Cat
 
 @pytest.mark.parametrize("filters", [None, DRAMA_90S], ids=["unfiltered", "filtered"])
 def test_qdrant_edge_matches_faiss_flat(
-    edge: QdrantEdgeIndex, vectors: np.ndarray, catalog: Catalog, queries: np.ndarray, filters: Filters | None
+    edge: QdrantEdgeIndex, vectors: np.ndarray, catalog: ItemAttributes, queries: np.ndarray, filters: Filters | None
 ) -> None:
     flat = build_faiss_index(vectors, catalog)
     exclude = [np.arange(1, 200 * (u % 3) + 1) for u in range(len(queries))]
@@ -284,13 +284,13 @@ def test_qdrant_edge_matches_faiss_flat(
     assert edge.size == N and edge.kind == "qdrant-edge"
 
 
-def test_qdrant_client_adapter_reattaches_to_a_collection(vectors: np.ndarray, catalog: Catalog) -> None:
+def test_qdrant_client_adapter_reattaches_to_a_collection(vectors: np.ndarray, catalog: ItemAttributes) -> None:
     from qdrant_client import QdrantClient
 
     client = QdrantClient(":memory:")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Payload indexes have no effect")
-        built = QdrantServerIndex.build(client, "items", vectors[:400], Catalog(catalog.table.slice(0, 400)), "v1")
+        built = QdrantServerIndex.build(client, "items", vectors[:400], ItemAttributes(catalog.table.slice(0, 400)), "v1")
     server = QdrantServerIndex(client, "items")  # as a serving process attaches to a collection built elsewhere
     assert (server.version, server.size, server.dim, server.kind) == ("v1", 400, DIM, "qdrant")
     query = vectors[:1] + 0.1

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mongo_server
 import numpy as np
 import pyarrow as pa
 import pytest
 
+import mongo_server
 from movierec.data.prepare import prepare
 from movierec.data.prepared import PreparedData, load_prepared, write_prepared
 from movierec.store import Counts, InvalidValue, MovieStore, StoreUnavailable, UnknownMovie, open_store

@@ -27,16 +27,19 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from movierec.api.app import create_app
+from movierec.breaker import CircuitBreaker
 from movierec.cli.main import app as cli
 from movierec.data.prepared import load_prepared
 from movierec.index.base import Filters
-from movierec.index.store import build_from_model
+from movierec.index.versions import build_from_model
 from movierec.model.artifact import load_artifact
-from movierec.serving.catalog import Catalog
+from movierec.serving.catalog import MovieCatalog
 from movierec.serving.inference import encode, exact_top_k
-from movierec.serving.model_client import CircuitBreaker, ModelServerClient, ModelServerUnavailable
-from movierec.serving.model_server import TorchServe, build_archive, default_config, start_torchserve
-from movierec.serving.wire import (
+from movierec.serving.model_server import ModelServerUnavailable
+from movierec.serving.torchserve.archive import build_archive, default_config
+from movierec.serving.torchserve.client import ModelServerClient
+from movierec.serving.torchserve.local import TorchServe, start_torchserve
+from movierec.serving.torchserve.wire import (
     RankRequest,
     RankResult,
     native_request,
@@ -77,7 +80,7 @@ def histories(pattern_prepared: Path) -> list[np.ndarray]:
 def expected(artifact, request: RankRequest) -> RankResult:
     """What the in-process path computes for a request: the functions the API calls."""
     encoded = encode(artifact.model, request.histories)
-    allowed = None if request.filters.is_empty() else Catalog(artifact.items).allowed(request.filters)
+    allowed = None if request.filters.is_empty() else MovieCatalog(artifact.items).allowed(request.filters)
     ranked = exact_top_k(encoded.vectors, artifact.model.output_embeddings.detach(), request.k, allowed,
                          request.exclude)
     return RankResult([i for i, _ in ranked], [s for _, s in ranked], encoded.because,
@@ -189,7 +192,7 @@ def test_responses_round_trip_including_flattened_v2() -> None:
 
 
 def test_bad_requests_name_the_field() -> None:
-    from movierec.serving.wire import WireError
+    from movierec.serving.torchserve.wire import WireError
 
     for body, field in (({"k": 5}, "histories"), ({"histories": [[1]], "k": 0}, "k"),
                         ({"histories": [[1]], "filters": {"genre": "x"}}, "filters"),
@@ -206,7 +209,7 @@ def unpacked_mar(model_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
     with zipfile.ZipFile(model_store / "model-store" / "gsasrec.mar") as mar:
         mar.extractall(folder)
         names = set(mar.namelist())
-    assert {"model.pt", "item_map.parquet", "manifest.json", "torchserve_handler.py", "MAR-INF/MANIFEST.json"} <= names
+    assert {"model.pt", "item_map.parquet", "manifest.json", "handler.py", "MAR-INF/MANIFEST.json"} <= names
     return folder
 
 

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
 
     cache_ttl_seconds: int = Field(300, description="TTL of cached histories, user vectors and responses.")
     min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")
-    torch_threads: int = Field(1, description="Intra-op threads per request (requests run concurrently).")
+    torch_threads: int = Field(1, ge=1, description="Intra-op threads of the API's model thread and of each "
+                               "TorchServe worker (a /recommend_batch of 32 users or more uses every core).")
     index_poll_seconds: float = Field(5.0, description="How often the API looks for a new index version.")
 
     @cached_property
@@ -65,6 +66,3 @@ class Settings(BaseSettings):
     def faiss_dir(self) -> Path:
         return self.movierec_home / "index" / "faiss"
 
-    @property
-    def qdrant_dir(self) -> Path:
-        return self.movierec_home / "index" / "qdrant"

@@ -1,4 +1,4 @@
-"""The FastAPI application: `create_app(settings)`; run with `movierec serve` or `uvicorn movierec.api.app:app`."""
+"""The FastAPI application: `create_app(settings)`; run with `movierec serve` or `uvicorn --factory movierec.api.app:app`."""
 
 from __future__ import annotations
 

@@ -32,3 +32,22 @@ class ApiMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
+
+    def latency_summary(self) -> dict[str, dict[str, float | int | None]]:
+        """Per "endpoint method": request count, total and mean latency in ms (for /stats)."""
+        rows: dict[str, dict[str, float | int | None]] = {}
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if not sample.value or not sample.name.endswith(("_count", "_sum")):
+                    continue
+                row = rows.setdefault(f"{sample.labels['endpoint']} {sample.labels['method']}",
+                                      {"count": 0, "sum_ms": 0.0})
+                if sample.name.endswith("_count"):
+                    row["count"] = int(row["count"] or 0) + int(sample.value)
+                else:
+                    row["sum_ms"] = float(row["sum_ms"] or 0.0) + sample.value * 1000
+        for row in rows.values():
+            count, total = int(row["count"] or 0), float(row["sum_ms"] or 0.0)
+            row["mean_ms"] = round(total / count, 3) if count else None
+            row["sum_ms"] = round(total, 3)
+        return rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 import orjson
@@ -13,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from movierec.api import schemas
 from movierec.api.services import Services
-from movierec.index.base import Filters
+from movierec.store import UserStats
 
 router = APIRouter()
 
@@ -31,22 +30,6 @@ def require_key(request: Request, x_api_key: Annotated[str | None, Header()] = N
         raise HTTPException(401, "X-API-Key: missing or wrong API key")
 
 
-def filters_of(body: schemas.FilterFields) -> Filters:
-    return Filters(genres=tuple(body.genres or ()), year_min=body.year_min, year_max=body.year_max,
-                   min_rating=body.min_rating)
-
-
-def _popular_without_model(svc: Services, user_id: int, body, k: int) -> dict:
-    """No model loaded: the most rated movies the user has not rated, straight from the store."""
-    seen = {h.movie_id for h in svc.store.user_history(user_id)} if body.exclude_rated else set()
-    f = filters_of(body)
-    movies = svc.store.popular_movies(k + len(seen), f.genres or None, f.year_min, f.year_max, f.min_rating)
-    items = [{"movie_id": m["movie_id"], "title": m["title"], "year": m["year"], "genres": m["genres"],
-              "score": float(m["rating_count"]), "because": []} for m in movies if m["movie_id"] not in seen][:k]
-    return {"user_id": user_id, "strategy": "popular", "method": body.method, "served_by": "store",
-            "model_version": None, "index_version": None, "cached": False, "items": items}
-
-
 def json_bytes(content: dict) -> Response:
     """The response built by the recommender is already the schema's shape: serialize it as is."""
     return Response(orjson.dumps(content), media_type="application/json")
@@ -56,9 +39,10 @@ def json_bytes(content: dict) -> Response:
 async def recommend(body: schemas.RecommendRequest, svc: Svc, request: Request) -> Response:
     """Top-k movies for a user from their history (popular movies while the history is short)."""
     request.state.method = body.method
-    if svc.recommender is None:
-        return json_bytes(await run_in_threadpool(_popular_without_model, svc, body.user_id, body, body.k))
-    return json_bytes(await svc.batcher.recommend(body.user_id, body.k, body.method, filters_of(body),
+    if svc.batcher is None:  # no model loaded
+        return json_bytes(await run_in_threadpool(svc.popular_for_user, body.user_id, body.k, body.method,
+                                                  body.filters(), body.exclude_rated))
+    return json_bytes(await svc.batcher.recommend(body.user_id, body.k, body.method, body.filters(),
                                                   body.exclude_rated))
 
 
@@ -66,11 +50,11 @@ async def recommend(body: schemas.RecommendRequest, svc: Svc, request: Request) 
 async def recommend_batch(body: schemas.RecommendBatchRequest, svc: Svc, request: Request) -> Response:
     """Recommendations for up to 1,000 users in one call (one model pass for all of them)."""
     request.state.method = body.method
-    if svc.recommender is None:
-        return json_bytes({"results": await run_in_threadpool(
-            lambda: [_popular_without_model(svc, u, body, body.k) for u in body.user_ids])})
+    if svc.batcher is None or svc.recommender is None:  # no model loaded
+        return json_bytes({"results": await run_in_threadpool(lambda: [
+            svc.popular_for_user(u, body.k, body.method, body.filters(), body.exclude_rated) for u in body.user_ids])})
     recs = await svc.batcher.run(svc.recommender.recommend_many, body.user_ids, body.k, body.method,
-                                 filters_of(body), body.exclude_rated, all_cores=len(body.user_ids) >= 32)
+                                 body.filters(), body.exclude_rated, all_cores=len(body.user_ids) >= 32)
     return json_bytes({"results": [r.to_dict() for r in recs]})
 
 
@@ -92,8 +76,8 @@ def search_movies(body: schemas.SearchRequest, svc: Svc) -> dict:
     return {"query": body.query, "results": svc.store.search_movies(body.query, body.limit)}
 
 
-@router.get("/user_stats/{user_id}", tags=["users"])
-def user_stats(user_id: int, svc: Svc) -> dict:
+@router.get("/user_stats/{user_id}", response_model=schemas.UserStatsResponse, tags=["users"])
+def user_stats(user_id: int, svc: Svc) -> UserStats:
     """A user's rating count, mean rating, first/last activity and top genres."""
     if user_id < 0:
         raise HTTPException(422, "user_id: must be non-negative")
@@ -127,32 +111,7 @@ def health(svc: Svc) -> JSONResponse:
 @router.get("/stats", tags=["ops"])
 def stats(svc: Svc) -> dict:
     """Counts, model and index versions, cache hit ratio and a latency summary."""
-    rec = svc.recommender
-    latency = {}
-    for metric in svc.metrics.requests.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_count") and sample.value:
-                key = f"{sample.labels['endpoint']} {sample.labels['method']}"
-                latency.setdefault(key, {"count": 0, "sum_ms": 0.0})["count"] += int(sample.value)
-            if sample.name.endswith("_sum") and sample.value:
-                key = f"{sample.labels['endpoint']} {sample.labels['method']}"
-                latency.setdefault(key, {"count": 0, "sum_ms": 0.0})["sum_ms"] += sample.value * 1000
-    for row in latency.values():
-        row["mean_ms"] = round(row["sum_ms"] / row["count"], 3) if row["count"] else None
-        row["sum_ms"] = round(row["sum_ms"], 3)
-    return {
-        "counts": svc.store.counts(),
-        "model_version": rec.model_version if rec else None,
-        "index_versions": {k: svc._version(k, h) for k, h in svc.indexes.items()},
-        "cache": {
-            "kind": svc.cache.kind,
-            "hits": rec.cache_stats.hits if rec else 0,
-            "misses": rec.cache_stats.misses if rec else 0,
-            "hit_ratio": round(rec.cache_stats.ratio, 4) if rec else 0.0,
-        },
-        "latency": latency,
-        "uptime_s": round(time.time() - svc.started, 1),
-    }
+    return svc.stats()
 
 
 @router.get("/metrics", tags=["ops"])

@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from movierec.index.base import Filters
+
 Method = Literal["torchserve", "faiss", "qdrant", "popular"]
+METHOD_DESCRIPTION = (
+    "torchserve: exact scoring of every movie by the model (on TorchServe/KServe when TORCHSERVE_HOST is set, "
+    "else in-process; `served_by` says which); faiss: the model's user vector, top-k from the FAISS index; "
+    "qdrant: the same vector, Qdrant search with the filters inside the engine; popular: most rated movies."
+)
 
 
 class Strict(BaseModel):
@@ -20,17 +27,21 @@ class FilterFields(Strict):
     min_rating: float | None = Field(None, ge=0.0, le=5.0, description="Minimum mean rating of the movie.")
     exclude_rated: bool = Field(True, description="Leave out movies the user already rated.")
 
+    def filters(self) -> Filters:
+        return Filters(genres=tuple(self.genres or ()), year_min=self.year_min, year_max=self.year_max,
+                       min_rating=self.min_rating)
+
 
 class RecommendRequest(FilterFields):
     user_id: int = Field(..., ge=0, examples=[1])
     k: int = Field(10, ge=1, le=1000, description="How many movies (1-1000).")
-    method: Method = "torchserve"
+    method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
 
 
 class RecommendBatchRequest(FilterFields):
     user_ids: list[int] = Field(..., min_length=1, max_length=1000, examples=[[1, 2, 3, 4, 5]])
     k: int = Field(10, ge=1, le=1000)
-    method: Method = "torchserve"
+    method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
 
     @field_validator("user_ids")
     @classmethod
@@ -108,5 +119,15 @@ class PopularResponse(BaseModel):
     results: list[MovieStats]
 
 
-class ErrorResponse(BaseModel):
-    detail: str | list
+class GenreCount(BaseModel):
+    genre: str
+    count: int
+
+
+class UserStatsResponse(BaseModel):
+    user_id: int
+    n_ratings: int
+    mean_rating: float | None = Field(..., description="None when no rating has a value.")
+    first_timestamp: int = Field(..., description="Unix seconds of the earliest rating ever written.")
+    last_timestamp: int = Field(..., description="Unix seconds of the latest rating ever written.")
+    top_genres: list[GenreCount] = Field(..., description="Most rated genres, most first (ties by name).")

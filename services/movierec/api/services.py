@@ -15,31 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from movierec.api.metrics import ApiMetrics
-from movierec.cache import Cache, open_cache
+from movierec.index.base import Filters
 from movierec.model.artifact import ArtifactError, load_artifact
 from movierec.serving.batcher import RecommendBatcher
 from movierec.serving.recommender import Recommender
 from movierec.settings import Settings
 from movierec.store import MovieStore, open_store
+from movierec.store.cache import Cache, open_cache
 
 log = logging.getLogger("movierec.api")
-
-
-QDRANT_COLLECTION = "movierec-items"
-
-
-def qdrant_collection(client: Any, vectors: Any, catalog: Any, collection: str = QDRANT_COLLECTION) -> Any:
-    """The server collection for these item vectors: reused when it already holds them, else (re)built."""
-    from movierec.index.base import content_version
-    from movierec.index.qdrant_index import QdrantServerIndex
-
-    version = content_version(vectors)
-    if client.collection_exists(collection):
-        existing = QdrantServerIndex(client, collection)
-        if existing.version == version and existing.size == len(vectors):
-            return existing
-    log.info("building qdrant collection", extra={"fields": {"collection": collection, "version": version}})
-    return QdrantServerIndex.build(client, collection, vectors, catalog, version=version)
 
 
 @dataclass
@@ -66,7 +50,6 @@ class Services:
     def start(cls, settings: Settings) -> Services:
         import faiss
         import torch
-
         from threadpoolctl import threadpool_limits
 
         # the model thread runs one batch at a time while the event loop serves HTTP on the other
@@ -109,12 +92,14 @@ class Services:
 
     def _model_server_client(self) -> Any:
         """Method torchserve ranks on TorchServe/KServe; the in-process model answers whenever it cannot."""
-        from movierec.serving.model_client import CircuitBreaker, ModelServerClient
+        from movierec.breaker import CircuitBreaker
+        from movierec.serving.torchserve.client import ModelServerClient
 
         s = self.settings
         breaker = CircuitBreaker(s.torchserve_failures_to_open, s.torchserve_cooldown_seconds,
                                  name=f"model server {s.torchserve_url}")
         log.info("model server", extra={"fields": {"url": s.torchserve_url, "protocol": s.torchserve_protocol}})
+        assert s.torchserve_url is not None
         return ModelServerClient(s.torchserve_url, s.torchserve_protocol, s.torchserve_model,
                                  timeout=s.torchserve_timeout_ms / 1000, breaker=breaker)
 
@@ -125,7 +110,7 @@ class Services:
 
     def _load_faiss(self) -> None:
         from movierec.index.base import IndexFileError
-        from movierec.index.store import IndexHolder
+        from movierec.index.versions import IndexHolder
 
         try:
             self.indexes["faiss"] = IndexHolder(self.settings.faiss_dir)
@@ -143,18 +128,10 @@ class Services:
             return
         try:
             from movierec.index.base import item_vectors
+            from movierec.index.qdrant_index import open_qdrant_index
 
-            vectors = item_vectors(self.recommender.model)
-            catalog = self.recommender.catalog.filters
-            if self.settings.qdrant_host:
-                from qdrant_client import QdrantClient
-
-                client = QdrantClient(host=self.settings.qdrant_host, port=self.settings.qdrant_port, timeout=5)
-                index = qdrant_collection(client, vectors, catalog)
-            else:
-                from movierec.index.qdrant_index import QdrantEdgeIndex
-
-                index = QdrantEdgeIndex.build(vectors, catalog)
+            index = open_qdrant_index(item_vectors(self.recommender.model), self.recommender.catalog.filters,
+                                      self.settings.qdrant_host, self.settings.qdrant_port)
             self.indexes["qdrant"] = index
             self._index_loaded("qdrant", index.version)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the method unavailable, with the reason
@@ -213,8 +190,43 @@ class Services:
         healthy = serving and all(p.ok for p in parts.values())
         return serving, healthy, {k: {"ok": p.ok, "detail": p.detail} for k, p in parts.items()}
 
+    # -- answers that need no model ------------------------------------------------------------
+    def popular_for_user(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
+                         ) -> dict[str, Any]:
+        """No model loaded: the most rated movies the user has not rated, straight from the store."""
+        seen = {h.movie_id for h in self.store.user_history(user_id)} if exclude_rated else set()
+        movies = self.store.popular_movies(k + len(seen), list(filters.genres) or None, filters.year_min,
+                                           filters.year_max, filters.min_rating)
+        items = [{"movie_id": m["movie_id"], "title": m["title"], "year": m["year"], "genres": m["genres"],
+                  "score": float(m["rating_count"]), "because": []} for m in movies if m["movie_id"] not in seen][:k]
+        return {"user_id": user_id, "strategy": "popular", "method": method, "served_by": "store",
+                "model_version": None, "index_version": None, "cached": False, "items": items}
+
+    def index_versions(self) -> dict[str, str]:
+        return {kind: self._version(kind, holder) for kind, holder in self.indexes.items()}
+
+    def stats(self) -> dict[str, Any]:
+        """What `/stats` shows: counts, versions, cache hit ratio, latency per endpoint and method."""
+        rec = self.recommender
+        return {
+            "counts": self.store.counts(),
+            "model_version": rec.model_version if rec else None,
+            "index_versions": self.index_versions(),
+            "cache": {
+                "kind": self.cache.kind,
+                "hits": rec.cache_stats.hits if rec else 0,
+                "misses": rec.cache_stats.misses if rec else 0,
+                "hit_ratio": round(rec.cache_stats.ratio, 4) if rec else 0.0,
+            },
+            "latency": self.metrics.latency_summary(),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
     def close(self) -> None:
         self._stop.set()
         if self.batcher is not None:
             self.batcher.close()
+        qdrant = self.indexes.pop("qdrant", None)
+        if qdrant is not None:
+            qdrant.close()  # an Edge shard's temporary folder goes with it
         self.store.close()

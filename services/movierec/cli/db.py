@@ -22,17 +22,24 @@ MongoUri = Annotated[
     str | None,
     typer.Option(
         "--mongo-uri",
-        envvar="MONGO_URI",
         help="MongoDB connection string, e.g. mongodb://host:27017/movierec (database defaults to movierec). "
-        "When set, --sqlite is ignored.",
+        "When set, --sqlite is ignored. Default: the MONGO_URI variable.",
         show_default=False,
     ),
 ]
 SqlitePath = Annotated[
-    Path,
-    typer.Option("--sqlite", envvar="MOVIEREC_SQLITE", help="SQLite store file, used when no MongoDB URI is given."),
+    Path | None,
+    typer.Option("--sqlite", help="SQLite store file, used when no MongoDB URI is given. "
+                 "Default: MOVIEREC_HOME/store.sqlite.", show_default=False),
 ]
-DEFAULT_SQLITE = Path("artifacts/store.sqlite")
+
+
+def _store_location(mongo_uri: str | None, sqlite: Path | None) -> tuple[str | None, Path]:
+    """The options, else the settings (MONGO_URI, MOVIEREC_HOME): the same store the API opens."""
+    from movierec.settings import Settings
+
+    settings = Settings()
+    return mongo_uri or settings.mongo_uri, sqlite or settings.sqlite_path
 
 
 @db_app.command("load")
@@ -40,7 +47,7 @@ DEFAULT_SQLITE = Path("artifacts/store.sqlite")
 def load_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="Prepared dataset folder (from `movierec data prepare`).")],
     mongo_uri: MongoUri = None,
-    sqlite: SqlitePath = DEFAULT_SQLITE,
+    sqlite: SqlitePath = None,
     replace: Annotated[
         bool, typer.Option(help="Reload a store that already holds data (its ratings are lost).")
     ] = False,
@@ -53,6 +60,7 @@ def load_command(
     from movierec.data.prepared import load_prepared
     from movierec.store import StoreUnavailable, open_store
 
+    mongo_uri, sqlite = _store_location(mongo_uri, sqlite)
     prepared = load_prepared(data)
     start = time.perf_counter()
     with open_store(mongo_uri, sqlite) as store:
@@ -73,10 +81,11 @@ def load_command(
 
 @db_app.command("status")
 @friendly
-def status_command(mongo_uri: MongoUri = None, sqlite: SqlitePath = DEFAULT_SQLITE) -> None:
+def status_command(mongo_uri: MongoUri = None, sqlite: SqlitePath = None) -> None:
     """Say whether the store answers and how many movies, ratings and users it holds."""
     from movierec.store import StoreUnavailable, open_store
 
+    mongo_uri, sqlite = _store_location(mongo_uri, sqlite)
     if not mongo_uri and not sqlite.is_file():
         raise UsageError(f"{sqlite}: no such store (fill it with `movierec db load`)")
     with open_store(mongo_uri, sqlite) as store:

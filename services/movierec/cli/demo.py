@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ log = logging.getLogger("movierec.demo")
 
 SMALL = "ml-latest-small"
 SYNTHETIC = "synthetic-sequential"  # the name changes with the generator, so an older synthetic set is not reused
-SYNTHETIC_SIZE = {"users": 1_000, "movies": 3_000, "ratings": 100_000}
+SYNTHETIC_SIZE: dict[str, Any] = {"users": 1_000, "movies": 3_000, "ratings": 100_000}
 
 
 def find_source(data_root: Path, home: Path, offline: bool) -> tuple[Path, str]:

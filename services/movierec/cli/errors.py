@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from movierec.data.errors import DataError
-from movierec.model.artifact import ArtifactError
+from movierec.errors import MovierecError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -19,7 +18,7 @@ R = TypeVar("R")
 err = Console(stderr=True, soft_wrap=True)
 
 
-class UsageError(ValueError):
+class UsageError(MovierecError, ValueError):
     """A command-line value that cannot work (e.g. --device cuda without a GPU)."""
 
 
@@ -29,13 +28,13 @@ def fail(message: str) -> typer.Exit:
 
 
 def friendly(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn the project's input errors into one readable line and exit status 2."""
+    """Turn any MovierecError into one readable line and exit status 2 (never a traceback)."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (DataError, ArtifactError, UsageError) as exc:
+        except MovierecError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted") from None

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 
-from movierec.cli.errors import UsageError, friendly
+from movierec.cli.errors import friendly
 
 index_app = typer.Typer(
     help="Top-k item retrieval: build versioned FAISS indexes of a model's item embeddings and inspect them.",
@@ -19,17 +17,6 @@ index_app = typer.Typer(
 _out = Console(soft_wrap=True)
 
 IndexDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Index folder: versions go in OUT/<version>/.")]
-
-
-@contextmanager
-def _index_errors() -> Iterator[None]:
-    """Report a missing or corrupt index file like any other bad input (one line, exit 2)."""
-    from movierec.index.base import IndexFileError
-
-    try:
-        yield
-    except IndexFileError as exc:
-        raise UsageError(str(exc)) from None
 
 
 @index_app.command("build")
@@ -45,11 +32,10 @@ def build_command(
 
     A server holding the index (IndexHolder) switches to the new version on its next reload check.
     """
-    from movierec.index.store import build_from_model, load_index
+    from movierec.index.versions import build_from_model, load_index
 
-    with _index_errors():
-        version = build_from_model(model, out, kind)
-        index = load_index(out, version)
+    version = build_from_model(model, out, kind)
+    index = load_index(out, version)
     _out.print(f"built {index.kind} index of {index.size:,} items x {index.dim}: {out / version} (now CURRENT)")
 
 
@@ -59,12 +45,11 @@ def info_command(
     out: Annotated[Path, typer.Argument(help="Index folder (the --out of `movierec index build`).")],
 ) -> None:
     """List the versions in an index folder; the CURRENT one is loaded and its checksums verified."""
-    from movierec.index.store import MANIFEST_FILE, current_version, load_index, read_manifest
+    from movierec.index.versions import MANIFEST_FILE, current_version, load_index, read_manifest
 
-    with _index_errors():
-        current = current_version(out)
-        load_index(out, current)
-        manifests = [read_manifest(path.parent) for path in sorted(out.glob(f"*/{MANIFEST_FILE}"))]
+    current = current_version(out)
+    load_index(out, current)
+    manifests = [read_manifest(path.parent) for path in sorted(out.glob(f"*/{MANIFEST_FILE}"))]
     _out.print(f"{out}: CURRENT = {current} (checksums ok)")
     for manifest in manifests:
         source = manifest.get("source") or {}

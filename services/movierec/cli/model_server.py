@@ -31,7 +31,7 @@ def export(
     """
     from model_archiver.model_archiver_error import ModelArchiverError
 
-    from movierec.serving.model_server import build_archive
+    from movierec.serving.torchserve.archive import build_archive
 
     try:
         archive = build_archive(model_dir, store, version=version)
@@ -64,17 +64,14 @@ def serve_model(
 
     Point the API at it: TORCHSERVE_HOST=127.0.0.1 TORCHSERVE_PORT=PORT movierec serve
     """
-    from movierec.serving.model_server import ModelServerError, start_torchserve
+    from movierec.serving.torchserve.local import ModelServerError, start_torchserve
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness poll
     for name, value in (("--batch-size", batch_size), ("--max-batch-delay", max_batch_delay)):
         if value is not None and value < (1 if name == "--batch-size" else 0):
             raise UsageError(f"{name}: must be positive, got {value}")
-    try:
-        server = start_torchserve(store, port, management_port, metrics_port, host, run_dir, batch_size,
-                                  max_batch_delay, foreground_output=False)
-    except ModelServerError as exc:
-        raise UsageError(str(exc)) from None
+    server = start_torchserve(store, port, management_port, metrics_port, host, run_dir, batch_size,
+                              max_batch_delay, foreground_output=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     try:
         out.print(f"starting TorchServe (logs: {server.log_dir}) ...")
@@ -89,7 +86,7 @@ def serve_model(
         server.process.wait()
         raise UsageError(f"torchserve exited with status {server.process.returncode}; logs in {server.log_dir}")
     except ModelServerError as exc:
-        raise UsageError(str(exc).splitlines()[0] + f"; logs in {server.log_dir}") from None
+        raise ModelServerError(f"{str(exc).splitlines()[0]}; logs in {server.log_dir}") from None
     except KeyboardInterrupt:
         out.print("stopping TorchServe ...")
     finally:

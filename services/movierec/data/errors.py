@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from movierec.errors import MovierecError
 
-class DataError(ValueError):
+
+class DataError(MovierecError, ValueError):
     """Bad or missing input data.
 
     The message is a single readable line that starts with the file (and line number when the

@@ -217,7 +217,7 @@ def _ratings_columns(files: movielens.MovieLensFiles) -> tuple[np.ndarray, np.nd
     for name in ("userId", "movieId", "rating", "timestamp"):
         columns.append(table.column(name).to_numpy())
         table = table.drop_columns([name])
-    return tuple(columns)  # type: ignore[return-value]
+    return tuple(columns)
 
 
 def _split_description(val_users: int, seed: int, chosen: int) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def write_prepared(
     """Write a prepared folder. `manifest` gets `format` and `counts` filled in."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "seq_offsets": np.asarray(seq_offsets, dtype=np.int64),
         "seq_items": np.asarray(seq_items, dtype=np.int32),
         "seq_ratings": np.asarray(seq_ratings, dtype=np.float32),

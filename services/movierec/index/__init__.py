@@ -7,13 +7,20 @@
     holder.reload_if_changed()                        # after `movierec index build` made a new version
 """
 
-from movierec.index.base import Catalog, Filters, Hits, IndexFileError, ItemIndex, content_version, item_vectors
+from movierec.index.base import Filters, Hits, IndexFileError, ItemAttributes, ItemIndex, content_version, item_vectors
 from movierec.index.faiss_index import METHODS, FaissIndex, FaissParams, build_faiss_index
-from movierec.index.store import IndexHolder, build_from_model, current_version, load_index, set_current, write_version
+from movierec.index.versions import (
+    IndexHolder,
+    build_from_model,
+    current_version,
+    load_index,
+    set_current,
+    write_version,
+)
 
 __all__ = [
     "METHODS",
-    "Catalog",
+    "ItemAttributes",
     "FaissIndex",
     "FaissParams",
     "Filters",

@@ -19,11 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from movierec.errors import MovierecError
+
 if TYPE_CHECKING:
     from movierec.model.gsasrec import GSASRec
 
 
-class IndexFileError(ValueError):
+class IndexFileError(MovierecError, ValueError):
     """An index folder or one of its files is missing, incomplete or corrupt (the message names the file)."""
 
 
@@ -52,7 +54,7 @@ class Hits(NamedTuple):
     scores: np.ndarray  # float32
 
 
-class Catalog:
+class ItemAttributes:
     """Item metadata in index row order (row r holds item_idx r + 1), checked by `allowed()`.
 
     Built from an item_map table; a metadata column it lacks (older artifacts) counts as unknown
@@ -69,7 +71,7 @@ class Catalog:
             raise ValueError("item table: item_idx must be 1..N in order")
         for name, kind in self.METADATA.items():
             if name not in table.column_names:
-                empty = [[]] * len(table) if name == "genres" else None
+                empty: list[list[str]] | None = [[]] * len(table) if name == "genres" else None
                 table = table.append_column(name, pa.array(empty, kind) if empty else pa.nulls(len(table), kind))
         self.table = table
         self.year = table.column("year").cast(pa.float64()).fill_null(np.nan).to_numpy()
@@ -131,7 +133,7 @@ def item_vectors(model: GSASRec) -> np.ndarray:
     return np.ascontiguousarray(model.output_embeddings.detach()[1:].cpu().float().numpy())
 
 
-def check_items(vectors: np.ndarray, catalog: Catalog) -> np.ndarray:
+def check_items(vectors: np.ndarray, catalog: ItemAttributes) -> np.ndarray:
     """Item vectors as a C-contiguous float32 [N, dim] matrix with one row per catalogue item."""
     items = np.ascontiguousarray(vectors, dtype=np.float32)
     if items.ndim != 2 or len(items) != len(catalog):

@@ -24,9 +24,9 @@ import faiss
 import numpy as np
 
 from movierec.index.base import (
-    Catalog,
     Filters,
     Hits,
+    ItemAttributes,
     ItemIndex,
     check_items,
     check_queries,
@@ -63,7 +63,7 @@ class FaissIndex(ItemIndex):
     """A FAISS index with its catalogue; `search` is safe to call from several threads."""
 
     def __init__(
-        self, index: faiss.Index, catalog: Catalog, method: Method, params: FaissParams, version: str
+        self, index: faiss.Index, catalog: ItemAttributes, method: Method, params: FaissParams, version: str
     ) -> None:
         if index.ntotal != len(catalog):
             raise ValueError(f"index holds {index.ntotal} vectors but the catalogue {len(catalog)} items")
@@ -174,7 +174,7 @@ def _hits(labels: np.ndarray, scores: np.ndarray, drop: np.ndarray, k: int) -> H
 
 def build_faiss_index(
     vectors: np.ndarray,
-    catalog: Catalog,
+    catalog: ItemAttributes,
     method: Method = "flat",
     params: FaissParams | None = None,
     version: str | None = None,
@@ -198,5 +198,5 @@ def build_faiss_index(
     return FaissIndex(index, catalog, method, params, version or content_version(vectors))
 
 
-def read_faiss_index(path: Path, catalog: Catalog, method: Method, params: FaissParams, version: str) -> FaissIndex:
+def read_faiss_index(path: Path, catalog: ItemAttributes, method: Method, params: FaissParams, version: str) -> FaissIndex:
     return FaissIndex(faiss.read_index(str(path)), catalog, method, params, version)

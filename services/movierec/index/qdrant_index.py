@@ -16,6 +16,7 @@ results equal FAISS flat's.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,15 +28,17 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 
 from movierec.index.base import (
-    Catalog,
     Filters,
     Hits,
+    ItemAttributes,
     ItemIndex,
     check_items,
     check_queries,
     content_version,
     exclusion_rows,
 )
+
+log = logging.getLogger(__name__)
 
 UPSERT_BATCH = 4096
 
@@ -64,7 +67,7 @@ CLIENT = _Dialect(
 )
 
 
-def qdrant_filter(dialect: _Dialect, filters: Filters | None, drop_items: Sequence[int] = ()) -> Any:
+def qdrant_filter(dialect: _Dialect, filters: Filters | None, drop_items: Sequence[int] | np.ndarray = ()) -> Any:
     """`filters` plus excluded item ids as a Qdrant Filter of `dialect`; None when nothing restricts."""
     should, must, must_not = [], [], []
     if filters is not None:
@@ -97,7 +100,7 @@ class QdrantEdgeIndex(ItemIndex):
     kind = "qdrant-edge"
 
     def __init__(self, shard: qe.EdgeShard, dim: int, size: int, version: str, workdir: Any = None,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: ItemAttributes | None = None) -> None:
         self.shard, self.dim, self._size, self.version = shard, dim, size, version
         self.catalog = catalog  # when known, only the exclusions that pass a filter widen the search
         self._workdir = workdir  # a TemporaryDirectory removed with the index, if the shard lives in one
@@ -105,11 +108,11 @@ class QdrantEdgeIndex(ItemIndex):
 
     @classmethod
     def build(
-        cls, vectors: np.ndarray, catalog: Catalog, path: str | Path | None = None, version: str | None = None
+        cls, vectors: np.ndarray, catalog: ItemAttributes, path: str | Path | None = None, version: str | None = None
     ) -> QdrantEdgeIndex:
         vectors = check_items(vectors, catalog)
         workdir = tempfile.TemporaryDirectory(prefix="movierec-edge-") if path is None else None
-        shard_path = Path(workdir.name if workdir else path) / "shard"
+        shard_path = Path(workdir.name if workdir else str(path)) / "shard"
         config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=vectors.shape[1], distance=qe.Distance.Dot))
         shard = qe.EdgeShard.create(str(shard_path), config)
         for name, schema in (
@@ -173,6 +176,8 @@ class QdrantServerIndex(ItemIndex):
     def __init__(self, client: QdrantClient, collection: str) -> None:
         info = client.get_collection(collection)
         vector_params = info.config.params.vectors
+        if not isinstance(vector_params, models.VectorParams):
+            raise ValueError(f"qdrant collection {collection}: expected one unnamed vector, got {vector_params!r}")
         self.client, self.collection = client, collection
         self.dim = vector_params.size
         self._size = client.count(collection, exact=True).count
@@ -184,7 +189,7 @@ class QdrantServerIndex(ItemIndex):
         client: QdrantClient,
         collection: str,
         vectors: np.ndarray,
-        catalog: Catalog,
+        catalog: ItemAttributes,
         version: str | None = None,
     ) -> QdrantServerIndex:
         """(Re)create `collection` with payload indexes and upload the items."""
@@ -237,12 +242,39 @@ class QdrantServerIndex(ItemIndex):
         return [_hits(response.points) for response in responses]
 
 
+DEFAULT_COLLECTION = "movierec-items"
+
+
+def open_qdrant_index(
+    vectors: np.ndarray, attributes: ItemAttributes, host: str | None = None, port: int = 6333,
+    collection: str = DEFAULT_COLLECTION,
+) -> QdrantEdgeIndex | QdrantServerIndex:
+    """The Qdrant index the API serves: Qdrant Edge in-process, or with `host` a Qdrant server's collection."""
+    if host is None:
+        return QdrantEdgeIndex.build(vectors, attributes)
+    return server_collection(QdrantClient(host=host, port=port, timeout=5), vectors, attributes, collection)
+
+
+def server_collection(
+    client: QdrantClient, vectors: np.ndarray, attributes: ItemAttributes, collection: str = DEFAULT_COLLECTION
+) -> QdrantServerIndex:
+    """The server collection for these vectors: reused when it holds them (same content version and size),
+    so API replicas that start together do not rebuild it; otherwise (re)built."""
+    version = content_version(vectors)
+    if client.collection_exists(collection):
+        existing = QdrantServerIndex(client, collection)
+        if existing.version == version and existing.size == len(vectors):
+            return existing
+    log.info("building qdrant collection %s (version %s)", collection, version)
+    return QdrantServerIndex.build(client, collection, vectors, attributes, version=version)
+
+
 def build_qdrant_index(
     vectors: np.ndarray,
-    catalog: Catalog,
+    catalog: ItemAttributes,
     *,
     url: str | None = None,
-    collection: str = "movierec-items",
+    collection: str = DEFAULT_COLLECTION,
     path: str | Path | None = None,
     version: str | None = None,
 ) -> QdrantEdgeIndex | QdrantServerIndex:

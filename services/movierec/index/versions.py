@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from movierec.index.base import Catalog, Filters, Hits, IndexFileError, content_version, item_vectors
+from movierec.index.base import Filters, Hits, IndexFileError, ItemAttributes, content_version, item_vectors
 from movierec.index.faiss_index import FaissIndex, FaissParams, Method, build_faiss_index, read_faiss_index
 from movierec.model.artifact import ArtifactError, load_artifact, sha256_file
 
@@ -46,7 +46,7 @@ def build_from_model(
         "model_created": artifact.manifest.get("created"),
     }
     try:
-        catalog = Catalog(artifact.items)
+        catalog = ItemAttributes(artifact.items)
     except ValueError as exc:
         raise ArtifactError(f"{Path(model_dir) / 'item_map.parquet'}: {exc}") from None
     return write_version(out, item_vectors(artifact.model), catalog, method, params, source)
@@ -55,7 +55,7 @@ def build_from_model(
 def write_version(
     out: str | Path,
     vectors: np.ndarray,
-    catalog: Catalog,
+    catalog: ItemAttributes,
     method: Method = "flat",
     params: FaissParams | None = None,
     source: dict[str, Any] | None = None,
@@ -64,7 +64,7 @@ def write_version(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params = params or FaissParams()
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     version = _free_name(out, f"{created:%Y%m%dT%H%M%SZ}-{method}-{content_version(vectors)[:8]}")
     start = time.perf_counter()
     index = build_faiss_index(vectors, catalog, method, params, version)
@@ -93,7 +93,7 @@ def write_version(
     return version
 
 
-def _write_files(folder: Path, index: FaissIndex, catalog: Catalog, manifest: dict[str, Any]) -> None:
+def _write_files(folder: Path, index: FaissIndex, catalog: ItemAttributes, manifest: dict[str, Any]) -> None:
     """The index, the item metadata, and the manifest with both files' sha256."""
     index.save(folder / INDEX_FILE)
     pq.write_table(catalog.table, folder / ITEMS_FILE)
@@ -158,7 +158,7 @@ def load_index(root: str | Path, version: str | None = None, verify: bool = True
             raise IndexFileError(f"{path}: missing")
         if verify and sha256_file(path) != digest:
             raise IndexFileError(f"{path}: checksum mismatch (file is corrupt or was replaced)")
-    catalog = Catalog(pq.read_table(folder / ITEMS_FILE))
+    catalog = ItemAttributes(pq.read_table(folder / ITEMS_FILE))
     params = FaissParams(**manifest["params"])
     index = read_faiss_index(folder / INDEX_FILE, catalog, manifest["method"], params, version)
     if (index.size, index.dim) != (manifest["count"], manifest["dim"]):

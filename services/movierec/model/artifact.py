@@ -15,7 +15,7 @@ import json
 import platform
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from movierec.errors import MovierecError
 from movierec.model.gsasrec import GSASRec, ModelConfig
 
 FORMAT = "movierec-model/1"
 CHECKED_FILES = ("model.pt", "item_map.parquet")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(MovierecError, ValueError):
     """A model folder is missing, incomplete or corrupt."""
 
 
@@ -83,7 +84,7 @@ def save_artifact(
         "files": {name: sha256_file(out / name) for name in CHECKED_FILES},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "git_sha": git_sha(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out

@@ -9,6 +9,7 @@ invariance), which is what makes training on length-bucketed batches cheap.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class Block(nn.Module):
         )
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.training:  # explicit attention so the dropout on its weights uses the fast mask
@@ -79,7 +80,7 @@ class Block(nn.Module):
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
-    def last_position(self, x: torch.Tensor, attn_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def last_position(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval-mode output at the last position only [B, dim], and its attention weights [B, heads, N].
 
         Keys and values still come from every position, but the query, projection and feed-forward
@@ -111,7 +112,7 @@ class Block(nn.Module):
         )
         return scores.softmax(-1).view(b, h, nq, nk)
 
-    def attention(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         """Attention weights [B, heads, N, N] (for explanations; eval only)."""
         b, n, d = x.shape
         q, k, _ = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
@@ -176,14 +177,16 @@ class GSASRec(nn.Module):
     def user_vectors_with_attention(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One eval pass: user vectors [B, dim] and the last block's attention of the last position [B, N]."""
         x, mask = self._embed(items)
-        for block in self.blocks[:-1]:
+        *first, last_block = cast(list[Block], list(self.blocks))
+        for block in first:
             x = block(x, mask)
-        last, weights = self.blocks[-1].last_position(x, mask)
+        last, weights = last_block.last_position(x, mask)
         return self.norm(last), weights.mean(1)
 
     def last_attention(self, items: torch.Tensor) -> torch.Tensor:
         """Attention of the last position over the history in the last block, averaged over heads: [B, N]."""
         x, mask = self._embed(items)
-        for block in self.blocks[:-1]:
+        *first, last_block = cast(list[Block], list(self.blocks))
+        for block in first:
             x = block(x, mask)
-        return self.blocks[-1].attention(x, mask)[:, :, -1].mean(1)
+        return last_block.attention(x, mask)[:, :, -1].mean(1)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from movierec.index.base import Catalog as FilterCatalog
-from movierec.index.base import Filters
+from movierec.index.base import Filters, ItemAttributes
 
 
-class Catalog:
+class MovieCatalog:
     """movie_id ↔ item_idx both ways, display fields, and `allowed(filters)` over item_idx."""
 
     def __init__(self, items: pa.Table) -> None:
         items = items.sort_by("item_idx")
-        self.filters = FilterCatalog(items)  # checks item_idx is 1..N
+        self.filters = ItemAttributes(items)  # checks item_idx is 1..N
         self.size = len(items)
         self.movie_ids = np.concatenate([[0], items.column("movie_id").to_numpy()]).astype(np.int64)
         self._index = {int(m): i + 1 for i, m in enumerate(self.movie_ids[1:])}

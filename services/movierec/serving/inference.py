@@ -16,7 +16,6 @@ import torch
 from movierec.model.gsasrec import GSASRec
 from movierec.model.padding import PADDING_IDX, pad_histories
 
-
 BECAUSE = 3  # history items returned as the explanation of a recommendation
 ENCODE_CHUNK = 16  # users per transformer pass; users are sorted by length so a chunk carries little padding
 
@@ -34,7 +33,7 @@ class TopK:
 
 
 @torch.inference_mode()
-def user_vectors(model: GSASRec, histories: Sequence[np.ndarray]) -> torch.Tensor:
+def history_vectors(model: GSASRec, histories: Sequence[np.ndarray]) -> torch.Tensor:
     """[U, dim] query vectors for histories of item_idx (oldest first; the last seq_len items count)."""
     items = torch.from_numpy(pad_histories(list(histories), model.cfg.seq_len))
     return model.user_vectors(items.to(model.output_embeddings.device))
@@ -60,10 +59,10 @@ def encode(model: GSASRec, histories: Sequence[np.ndarray]) -> Encoded:
         width = items.shape[1]
         chunk_vectors, weights = model.user_vectors_with_attention(items.to(device))
         vectors[torch.from_numpy(rows).to(device)] = chunk_vectors
-        weights = weights.cpu().numpy()
+        attention = weights.cpu().numpy()
         for i, (row, history) in enumerate(zip(rows, chunk)):
             n = min(len(history), width)
-            top = np.argsort(-weights[i, width - n:], kind="stable")[:BECAUSE]
+            top = np.argsort(-attention[i, width - n:], kind="stable")[:BECAUSE]
             because[row] = history[len(history) - n:][top]
     return Encoded(vectors, because)
 
@@ -92,8 +91,8 @@ def exact_top_k(
 
 
 def _top_k_of(scores: torch.Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    values, indices = values.float().cpu().numpy(), indices.cpu().numpy()
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    values, indices = top.values.float().cpu().numpy(), top.indices.cpu().numpy()
     return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices, values)]
 
 
@@ -156,9 +155,9 @@ def _two_pass_top_k(matrix: ItemMatrix, weights: torch.Tensor, vectors: torch.Te
     kth = torch.topk(approx, k, dim=1, sorted=False).values.amin(1)
     # fewer than k allowed items: every allowed one is a candidate (-inf stays below the floor)
     floor = (kth - 2 * error).clamp_min(torch.finfo(approx.dtype).min)
-    rows, items = torch.nonzero(approx >= floor[:, None], as_tuple=True)
-    exact = torch.einsum("cd,cd->c", weights[items], vectors[rows]).numpy()
-    rows, items = rows.numpy(), items.numpy()
+    row_t, item_t = torch.nonzero(approx >= floor[:, None], as_tuple=True)
+    exact = torch.einsum("cd,cd->c", weights[item_t], vectors[row_t]).numpy()
+    rows, items = row_t.numpy(), item_t.numpy()
     order = np.lexsort((-exact, rows))  # by user, best first
     ends = np.searchsorted(rows[order], np.arange(len(vectors) + 1))
     out = []
@@ -176,6 +175,7 @@ def _int8_scores(matrix: ItemMatrix, vectors: torch.Tensor) -> tuple[torch.Tenso
     |v - v'|_2 max|w|_2 + |v'|_2 max|w - w'|_2, every term known exactly. The int32 products
     are exact; the margin covers the fp32 rounding of the scaling and of the fp32 re-scoring.
     """
+    assert matrix.codes is not None and matrix.scales is not None  # callers check has_int8 first
     step = vectors.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
     codes = torch.round(vectors / step).clamp_(-127, 127)
     quantized = codes * step
@@ -235,6 +235,6 @@ def top_k(
         if exclude is not None:
             parts.append(np.asarray(exclude[row], dtype=np.int64))
         drop.append(np.concatenate(parts) if parts else np.empty(0, np.int64))
-    scores = masked_scores(user_vectors(model, histories), model.output_embeddings, exclude=drop)
+    scores = masked_scores(history_vectors(model, histories), model.output_embeddings, exclude=drop)
     values, indices = torch.topk(scores, min(k, scores.shape[1] - 1), dim=1)
     return TopK(items=indices.cpu().numpy(), scores=values.float().cpu().numpy())

@@ -12,7 +12,6 @@ of the model's last block at the most recent position: what the model looked at.
 
 from __future__ import annotations
 
-import orjson
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,20 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 import torch
 
-from movierec.cache import Cache, user_prefix
-from movierec.model.artifact import Artifact
+from movierec.errors import MovierecError
 from movierec.index.base import Filters
-from movierec.serving.catalog import Catalog
+from movierec.model.artifact import Artifact
+from movierec.serving.catalog import MovieCatalog
 from movierec.serving.inference import encode, exact_top_k
-from movierec.serving.model_client import ModelServerUnavailable
-
-METHODS = ("torchserve", "faiss", "qdrant", "popular")
+from movierec.serving.model_server import ModelServer, ModelServerUnavailable
+from movierec.store.cache import Cache, user_prefix
 
 
 class HistoryStore(Protocol):
-    def user_history(self, user_id: int, limit: int | None = None) -> list[tuple[int, float, int]]: ...
+    def user_history(self, user_id: int, limit: int | None = None) -> Sequence[tuple[int, float | None, int]]: ...
 
 
 class VectorSearch(Protocol):
@@ -42,16 +41,7 @@ class VectorSearch(Protocol):
     def search(self, vectors: np.ndarray, k: int, filters: Any = None, exclude: Any = None) -> list: ...
 
 
-class ModelServer(Protocol):
-    """A remote gSASRec (TorchServe/KServe): exact top-k and explanations for histories."""
-
-    def rank(self, histories: Sequence[np.ndarray], k: int, filters: Filters, exclude: Sequence[np.ndarray]
-             ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]: ...
-
-    def health(self) -> tuple[bool, str]: ...
-
-
-class MethodUnavailable(RuntimeError):
+class MethodUnavailable(MovierecError):
     """The requested method has no backend right now (e.g. the FAISS index is missing)."""
 
 
@@ -112,7 +102,7 @@ class Recommender:
         self.artifact = artifact
         self.model = artifact.model.eval()
         self.item_weights = self.model.output_embeddings.detach().contiguous()
-        self.catalog = Catalog(artifact.items)
+        self.catalog = MovieCatalog(artifact.items)
         self.store, self.cache = store, cache
         self.indexes = indexes or {}
         self.min_history, self.ttl = min_history, ttl
@@ -123,8 +113,7 @@ class Recommender:
             else np.zeros(self.catalog.size)
         self.popularity = np.zeros(self.catalog.size + 1)
         self.popularity[artifact.items.column("item_idx").to_numpy()] = counts
-        self.popularity[0] = -np.inf
-        self.popularity -= np.arange(self.catalog.size + 1) * 1e-9  # deterministic ties: lower item_idx first
+        self.popularity[0] = -np.inf  # scores are the raw rating counts; ties: lower item_idx first (stable sort)
         self.remote: ModelServer | None = None  # method torchserve goes through it when set
         self.warm_up()
 
@@ -177,7 +166,7 @@ class Recommender:
         self.observe("model", time.perf_counter() - start)
         return encoded.vectors.numpy(), encoded.because
 
-    def user_vectors(self, user_ids: Sequence[int], histories: Sequence[np.ndarray],
+    def cached_vectors(self, user_ids: Sequence[int], histories: Sequence[np.ndarray],
                      read_at: dict[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """`encode` with the cache: a user's vector and explanation live until their history changes.
 
@@ -294,17 +283,17 @@ class Recommender:
                 results[u] = self._build(u, "popular", method, "in-process", items, scores, None, None)
         if sequence_users:
             hs = [histories[u] for u in sequence_users]
-            seen = [h if exclude_rated else np.empty(0, np.int64) for h in hs]
+            seen_by_user = [h if exclude_rated else np.empty(0, np.int64) for h in hs]
             index_version, served_by = None, "in-process"
-            remote = self._remote(method, hs, k, filters, seen)
+            remote = self._remote(method, hs, k, filters, seen_by_user)
             if remote is not None:
                 (ranked, because), served_by = remote, "torchserve"
             elif method == "torchserve":
-                vectors, because = self.user_vectors(sequence_users, hs, read_at)
-                ranked = self._exact(vectors, k, allowed, seen)
+                vectors, because = self.cached_vectors(sequence_users, hs, read_at)
+                ranked = self._exact(vectors, k, allowed, seen_by_user)
             else:
-                vectors, because = self.user_vectors(sequence_users, hs, read_at)
-                ranked, index_version = self._indexed(method, vectors, k, filters, seen)
+                vectors, because = self.cached_vectors(sequence_users, hs, read_at)
+                ranked, index_version = self._indexed(method, vectors, k, filters, seen_by_user)
                 served_by = method
             for u, b, (items, scores) in zip(sequence_users, because, ranked):
                 results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),

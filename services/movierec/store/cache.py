@@ -92,7 +92,8 @@ class MemoryCache:
         with self._lock:  # checked and written under one lock: an invalidation cannot land in between
             for key, value in values.items():
                 user = key_user(key) if read_at is not None else None
-                if user is None or user not in read_at or self._generations.get(user, 0) == read_at[user]:
+                if user is None or read_at is None or user not in read_at \
+                        or self._generations.get(user, 0) == read_at[user]:
                     self._set(key, value, ttl)
 
     def generations(self, user_ids: list[int]) -> dict[int, int]:
@@ -193,7 +194,7 @@ class RedisCache:
 
     def get(self, key: str) -> bytes | None:
         try:
-            return self.client.get(key)
+            return self.client.get(key)  # type: ignore[return-value]  # bytes: the client does not decode
         except redis.RedisError as exc:
             self._failed(exc)
             return None
@@ -205,7 +206,7 @@ class RedisCache:
         if not keys:
             return []
         try:
-            return self.client.mget(keys)
+            return self.client.mget(keys)  # type: ignore[return-value]  # bytes: the client does not decode
         except redis.RedisError as exc:
             self._failed(exc)
             return [None] * len(keys)
@@ -257,7 +258,8 @@ class RedisCache:
         except redis.RedisError as exc:
             self._failed(exc)
             values = [None] * (len(keys) + len(user_ids))
-        return values[:len(keys)], {u: int(v or 0) for u, v in zip(user_ids, values[len(keys):])}
+        found: list[bytes | None] = values[:len(keys)]  # type: ignore[assignment]  # bytes: the client does not decode
+        return found, {u: int(v or 0) for u, v in zip(user_ids, values[len(keys):])}
 
     def invalidate_user(self, user_id: int) -> None:
         """Bump the generation and drop the user's keys (those listed in their key set) in one script."""

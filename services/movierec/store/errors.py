@@ -1,15 +1,15 @@
 """What the store raises for bad input or an unreachable database.
 
-Every error is a `DataError` (so a `ValueError`), which the CLI's `friendly` decorator prints as
-one line; an API maps `UnknownMovie` to 404, `InvalidValue` to 422 and `StoreUnavailable` to 503.
+Every error is a `MovierecError`, which the CLI prints as one line; the API maps `UnknownMovie`
+to 404, `InvalidValue` to 422 and `StoreUnavailable` to 503.
 """
 
 from __future__ import annotations
 
-from movierec.data.errors import DataError
+from movierec.errors import MovierecError
 
 
-class StoreError(DataError):
+class StoreError(MovierecError):
     """A store operation that cannot work; the message is one readable line."""
 
 
@@ -21,7 +21,7 @@ class UnknownMovie(StoreError, LookupError):
         super().__init__(f"movie_id {movie_id}: no such movie in the store")
 
 
-class InvalidValue(StoreError):
+class InvalidValue(StoreError, ValueError):
     """A field of a write is out of range or of the wrong type; `field` names it."""
 
     def __init__(self, field: str, message: str) -> None:

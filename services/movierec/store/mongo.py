@@ -54,7 +54,7 @@ def _unavailable_as_store_error(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except ConnectionFailure as exc:
-            store = args[0]
+            store: Any = args[0]
             raise StoreUnavailable(f"{store.location}: MongoDB unreachable ({type(exc).__name__})") from None
 
     return wrapper
@@ -67,7 +67,7 @@ class MongoStore(MovieStore):
     def __init__(self, uri: str) -> None:
         try:
             self._location = _without_password(uri)
-            timeout = {"serverSelectionTimeoutMS": SERVER_TIMEOUT_MS}
+            timeout: dict[str, Any] = {"serverSelectionTimeoutMS": SERVER_TIMEOUT_MS}
             if "serverselectiontimeoutms" in uri.lower():
                 timeout = {}
             self._client: MongoClient = MongoClient(uri, appname="movierec", **timeout)
@@ -159,7 +159,7 @@ class MongoStore(MovieStore):
             }
         }
         every_word = [{"title": {"$regex": re.escape(w), "$options": "i"}} for w in words]
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"$or": [{"title": {"$regex": phrase, "$options": "i"}}, {"$and": every_word}]}},
             {"$addFields": {"_rank": rank}},
             {"$sort": {"_rank": 1, "rating_count": -1, "_id": 1}},
@@ -254,6 +254,7 @@ class MongoStore(MovieStore):
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
+        assert user is not None  # upsert=True with ReturnDocument.AFTER always returns the document
         old = self._ratings.find_one_and_update(
             {"user_id": user_id, "movie_id": movie_id},
             {"$set": {"rating": rating, "timestamp": timestamp, "seq": user["next_seq"] - 1}},
@@ -275,6 +276,7 @@ class MongoStore(MovieStore):
             projection={"n_ratings": 1},
             return_document=ReturnDocument.AFTER,
         )
+        assert user is not None  # created by the upsert above
         return {
             "user_id": user_id,
             "movie_id": movie_id,

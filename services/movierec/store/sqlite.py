@@ -185,7 +185,8 @@ class SQLiteStore(MovieStore):
         min_rating: float | None = None,
     ) -> list[Movie]:
         limit = checked_limit(limit)
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         genres = list(genres or [])
         if genres:
             where.append(

@@ -1,35 +1,31 @@
 """The API's client for the model server (TorchServe, or KServe running TorchServe).
 
-`ModelServerClient.rank` sends histories to the TorchServe handler (`movierec.serving.torchserve_handler`)
+`ModelServerClient.rank` sends histories to the TorchServe handler (`movierec.serving.torchserve.handler`)
 over the Open Inference Protocol v2 (`POST /v2/models/gsasrec/infer`) or TorchServe's native API
 (`POST /predictions/gsasrec`) and returns, per user, the exact top-k (item_idx, scores) and the
 explaining item_idx: the same answer as the in-process path, computed by the same functions.
 
 It raises ModelServerUnavailable when the server is down, slow, answers an error, or the circuit
 breaker is open; the recommender then serves that request in-process. One pooled keep-alive
-connection set, a timeout per request, one retry when a connection cannot be made, and a breaker:
-
-    closed --N consecutive failures--> open --cooldown--> half-open --probe ok--> closed
-                                         ^------------------probe fails-----------'
-
-While open, no request goes to the server (the API answers in-process at once); after the
-cooldown one request probes it. `health()` reports the state for `/health`.
+connection set, a timeout per request, one retry when a connection cannot be made, and a circuit
+breaker (`movierec.breaker`): while it is open no request goes to the server and the API answers
+in-process at once; after the cooldown one request probes it. `health()` reports the state for `/health`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import httpx
 import numpy as np
 
+from movierec.breaker import CircuitBreaker
 from movierec.index.base import Filters
-from movierec.serving.wire import (
+from movierec.serving.model_server import ModelServerUnavailable
+from movierec.serving.torchserve.wire import (
     RankRequest,
     WireError,
     native_request,
@@ -41,54 +37,6 @@ from movierec.serving.wire import (
 log = logging.getLogger(__name__)
 
 WireProtocol = Literal["v2", "native"]
-
-
-class ModelServerUnavailable(RuntimeError):
-    """The model server cannot answer now; the caller serves the request in-process."""
-
-
-class CircuitBreaker:
-    """Closed, open or half-open, from consecutive failures and a cooldown; thread-safe, clock injectable."""
-
-    def __init__(self, failures_to_open: int = 3, cooldown: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 name: str = "model server") -> None:
-        self.failures_to_open, self.cooldown, self.clock, self.name = max(1, failures_to_open), cooldown, clock, name
-        self.state: Literal["closed", "open", "half-open"] = "closed"
-        self.failures = 0
-        self.last_error = ""
-        self._since = 0.0  # when it opened, or when the probe started
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        """May a request go to the server now? In half-open, only one (the probe) until it reports."""
-        with self._lock:
-            now = self.clock()
-            if self.state == "closed":
-                return True
-            if now - self._since < self.cooldown:
-                return False  # open and cooling down, or half-open with a probe in flight
-            self._move("half-open", "cooldown over, probing")  # also re-probes if a probe never reported
-            self._since = now
-            return True
-
-    def success(self) -> None:
-        with self._lock:
-            self.failures = 0
-            if self.state != "closed":
-                self._move("closed", "server answered")
-
-    def failure(self, error: str) -> None:
-        with self._lock:
-            self.failures += 1
-            self.last_error = error
-            if self.state == "half-open" or (self.state == "closed" and self.failures >= self.failures_to_open):
-                self._since = self.clock()
-                self._move("open", f"{self.failures} consecutive failures, last: {error}")
-
-    def _move(self, state: Literal["closed", "open", "half-open"], why: str) -> None:
-        level = logging.WARNING if state == "open" else logging.INFO
-        log.log(level, "%s circuit %s -> %s: %s", self.name, self.state, state, why)
-        self.state = state
 
 
 class ModelServerClient:

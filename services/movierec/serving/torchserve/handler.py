@@ -4,7 +4,7 @@ Packed into `gsasrec.mar` by `movierec export` together with the model artifact 
 item_map.parquet, manifest.json as extra files). It ranks with `inference.encode` and
 `inference.exact_top_k`, the functions the API uses in-process, so both paths rank identically.
 
-Requests (formats in `movierec.serving.wire`) arrive three ways:
+Requests (formats in `movierec.serving.torchserve.wire`) arrive three ways:
   * native JSON on `/predictions/gsasrec`;
   * an Open Inference Protocol v2 body on `/v2/models/gsasrec/infer`: without an envelope, or with
     TS_SERVICE_ENVELOPE=body, TorchServe passes it through and the handler decodes it;
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,9 @@ from threadpoolctl import threadpool_limits
 from ts.torch_handler.base_handler import BaseHandler
 
 from movierec.model.artifact import load_artifact
-from movierec.serving.catalog import Catalog
+from movierec.serving.catalog import MovieCatalog
 from movierec.serving.inference import encode, exact_top_k
-from movierec.serving.wire import (
+from movierec.serving.torchserve.wire import (
     RankRequest,
     RankResult,
     WireError,
@@ -47,6 +46,7 @@ from movierec.serving.wire import (
     v2_response,
     v2_tensors,
 )
+from movierec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class GSASRecHandler(BaseHandler):
         artifact = load_artifact(root)
         self.model = artifact.model.to(self.device).eval()
         self.item_weights = self.model.output_embeddings.detach().contiguous()
-        self.catalog = Catalog(artifact.items)
+        self.catalog = MovieCatalog(artifact.items)
         self.manifest = context.manifest
         model = (context.manifest or {}).get("model", {})
         self.model_name = model.get("modelName") or context.model_name
@@ -71,7 +71,7 @@ class GSASRecHandler(BaseHandler):
         if self.device.type == "cpu":
             # one worker ranks a batch at a time next to TorchServe's Java frontend: pools that
             # spin-wait between calls (OpenMP, OpenBLAS) would take the frontend's core
-            threads = int(os.environ.get("TORCH_THREADS", "1"))
+            threads = Settings().torch_threads
             torch.set_num_threads(threads)
             threadpool_limits(threads, user_api="blas")
         warm = np.arange(1, min(self.catalog.size, self.model.cfg.seq_len) + 1, dtype=np.int64)
@@ -167,10 +167,10 @@ class GSASRecHandler(BaseHandler):
         results = []
         for i, r in enumerate(requests):
             span = range(first[i], first[i + 1])
-            vectors = encoded.vectors[first[i]:first[i + 1]].float().cpu().numpy() if r.return_vectors else None
+            returned = encoded.vectors[first[i]:first[i + 1]].float().cpu().numpy() if r.return_vectors else None
             results.append(RankResult([ranked[u][0].astype(np.int64) for u in span],
                                       [ranked[u][1].astype(np.float32) for u in span],
-                                      [encoded.because[u].astype(np.int64) for u in span], vectors))
+                                      [encoded.because[u].astype(np.int64) for u in span], returned))
         return results
 
 

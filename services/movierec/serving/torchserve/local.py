@@ -1,20 +1,14 @@
-"""The model server's files and process: build `gsasrec.mar`, write config.properties, run TorchServe locally.
+"""Run a model store on TorchServe locally: `movierec serve-model`, the tests and the benchmarks.
 
-A model store is the folder KServe's pytorch runtime mounts at /mnt/models (a PVC or object store
-behind `storageUri`):
-
-    <store>/config/config.properties     TorchServe settings (tracked in git: model-store/config/)
-    <store>/model-store/gsasrec.mar      handler + model artifact, from `movierec export`
-
-and starts as `torchserve --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties`.
-`start_torchserve` runs the same store on loopback with its own ports, logs and temp files (outside
-the repository), in its own process group so that `stop()` ends the frontend and every worker.
+`start_torchserve` runs a store (see `archive.py`) on loopback with its own ports, logs and temp
+files (outside the repository), in its own process group so that `stop()` ends the frontend and
+every worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -27,122 +21,27 @@ from pathlib import Path
 
 import httpx
 
-from movierec.model.artifact import CHECKED_FILES, load_artifact
+from movierec.errors import MovierecError
+from movierec.serving.torchserve.archive import (
+    MODEL_NAME,
+    default_config,
+    model_snapshot,
+    read_properties,
+    set_properties,
+)
 
-MODEL_NAME = "gsasrec"
-MODEL_VERSION = "1.0"
-ARTIFACT_FILES = (*CHECKED_FILES, "manifest.json")  # what the handler loads (load_artifact verifies them)
-HANDLER = Path(__file__).with_name("torchserve_handler.py")
 
-
-class ModelServerError(RuntimeError):
+class ModelServerError(MovierecError):
     """TorchServe could not be started or did not become ready (the message says why, with its log)."""
-
-
-def model_snapshot(batch_size: int = 16, max_batch_delay_ms: int = 1, workers: int = 1,
-                   response_timeout_s: int = 60) -> str:
-    models = {MODEL_NAME: {MODEL_VERSION: {
-        "defaultVersion": True, "marName": f"{MODEL_NAME}.mar", "minWorkers": workers, "maxWorkers": workers,
-        "batchSize": batch_size, "maxBatchDelay": max_batch_delay_ms, "responseTimeout": response_timeout_s,
-    }}}
-    return json.dumps({"name": "startup.cfg", "modelCount": 1, "models": models}, separators=(",", ":"))
-
-
-def default_config() -> str:
-    """The config.properties `movierec export` writes when the store has none (= model-store/config/config.properties)."""
-    return f"""\
-# TorchServe settings for the gSASRec model store, in the layout KServe's pytorch runtime reads:
-#   torchserve --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties
-# `movierec serve-model` runs this store on loopback with its own ports (see movierec/serving/model_server.py).
-inference_address=http://0.0.0.0:8080
-management_address=http://0.0.0.0:8081
-metrics_address=http://0.0.0.0:8082
-metrics_mode=prometheus
-enable_metrics_api=true
-# KServe picks the v1/v2 request envelope through TS_SERVICE_ENVELOPE in the environment
-enable_envvars_config=true
-disable_token_authorization=true
-# the model loads from model_snapshot at start; registering others through the management API would need true
-enable_model_api=false
-install_py_dep_per_model=false
-# log lines and per-request metrics written off the request path
-async_logging=true
-number_of_netty_threads=4
-job_queue_size=1000
-default_response_timeout=60
-model_store=/mnt/models/model-store
-load_models={MODEL_NAME}.mar
-# one worker per pod (scale with replicas); up to 16 concurrent requests share one model pass.
-# maxBatchDelay 1 ms: a lone request waits no longer, and requests that queue while the worker
-# computes still batch (bench/serve.py: 1 ms beat 5 ms on latency and on throughput)
-model_snapshot={model_snapshot()}
-"""
-
-
-def read_properties(text: str) -> dict[str, str]:
-    props = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
-
-
-def set_properties(text: str, values: dict[str, str]) -> str:
-    """`text` with each key's line replaced (or appended), comments and order kept."""
-    out, done = [], set()
-    for line in text.splitlines():
-        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
-        if key in values:
-            out.append(f"{key}={values[key]}")
-            done.add(key)
-        else:
-            out.append(line)
-    out += [f"{k}={v}" for k, v in values.items() if k not in done]
-    return "\n".join(out) + "\n"
-
-
-def build_archive(model_dir: Path, out: Path, version: str = MODEL_VERSION) -> Path:
-    """`<out>/model-store/gsasrec.mar` (handler + artifact files) and `<out>/config/config.properties` if absent.
-
-    The artifact is loaded first, so a missing or corrupt model stops here with ArtifactError. The
-    archive is written beside its final name and moved into place, so a running server never sees half.
-    """
-    from model_archiver.model_archiver_config import ModelArchiverConfig
-    from model_archiver.model_packaging import generate_model_archive
-
-    load_artifact(model_dir)  # checksums, config, weights: fail before packing anything
-    store = out / "model-store"
-    store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=store))
-    saved_tempdir = tempfile.tempdir
-    try:
-        # the archiver stages files in gettempdir()/<model name>: give it a private one
-        tempfile.tempdir = str(staging)
-        config = ModelArchiverConfig(
-            model_name=MODEL_NAME, handler=str(HANDLER), version=version, export_path=str(staging),
-            extra_files=",".join(str(model_dir / name) for name in ARTIFACT_FILES), force=True,
-        )
-        logging.disable(logging.INFO)  # the archiver logs the staging path as if it were the result
-        try:
-            generate_model_archive(config)
-        finally:
-            logging.disable(logging.NOTSET)
-        os.replace(staging / f"{MODEL_NAME}.mar", store / f"{MODEL_NAME}.mar")
-    finally:
-        tempfile.tempdir = saved_tempdir
-        shutil.rmtree(staging, ignore_errors=True)
-    config_path = out / "config" / "config.properties"
-    if not config_path.exists():
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(default_config())
-    return store / f"{MODEL_NAME}.mar"
 
 
 def local_config(store: Path, host: str, ports: tuple[int, int, int], batch_size: int | None = None,
                  max_batch_delay_ms: int | None = None) -> str:
-    """The store's config.properties with loopback addresses, the local model-store path and optional batching."""
+    """The store's config.properties with loopback addresses, the local model-store path and optional batching.
+
+    gRPC takes the two ports after metrics (inference + 3, + 4): TorchServe always opens its gRPC servers,
+    and at their defaults (7070, 7071) a second server on the same machine would fail to bind.
+    """
     tracked = store / "config" / "config.properties"
     text = tracked.read_text() if tracked.is_file() else default_config()
     inference, management, metrics = ports
@@ -150,6 +49,10 @@ def local_config(store: Path, host: str, ports: tuple[int, int, int], batch_size
         "inference_address": f"http://{host}:{inference}",
         "management_address": f"http://{host}:{management}",
         "metrics_address": f"http://{host}:{metrics}",
+        "grpc_inference_address": host,
+        "grpc_management_address": host,
+        "grpc_inference_port": str(inference + 3),
+        "grpc_management_port": str(inference + 4),
         "model_store": str((store / "model-store").resolve()),
     }
     if batch_size is not None or max_batch_delay_ms is not None:
@@ -214,10 +117,8 @@ class TorchServe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _group_alive(group):
             if self.process.poll() is None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(0.1)
-                except subprocess.TimeoutExpired:
-                    pass
             else:
                 time.sleep(0.1)
         if _group_alive(group):
@@ -243,10 +144,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def start_torchserve(
@@ -263,12 +162,12 @@ def start_torchserve(
 ) -> TorchServe:
     """Start TorchServe on `store` (a folder with model-store/gsasrec.mar) and return at once; see wait_ready().
 
-    Ports default to port, port + 1, port + 2 (inference, management, metrics). Config, logs and
+    Ports default to port, port + 1, port + 2 (inference, management, metrics); gRPC uses port + 3, + 4. Config, logs and
     TorchServe's temp files (the unpacked .mar, its pid file) go to `run_dir`, by default a new
     folder under the system temp dir, so several servers can run side by side. The workers run
     this Python, which imports movierec. `env` adds variables (e.g. TS_SERVICE_ENVELOPE=kservev2).
     """
-    store = Path(store)
+    store = Path(store).resolve()  # TorchServe runs in run_dir: a relative path would point there
     archive = store / "model-store" / f"{MODEL_NAME}.mar"
     if not archive.is_file():
         raise ModelServerError(f"{archive}: not found (build it with `movierec export --model M --out {store}`)")
@@ -296,6 +195,6 @@ def start_torchserve(
     finally:
         if output is not None:
             output.close()
-    urls = [f"http://{host}:{p}" for p in ports]
-    return TorchServe(process, *urls, run_dir=run_dir, store=store, ports=ports)
+    inference, management, metrics = (f"http://{host}:{p}" for p in ports)
+    return TorchServe(process, inference, management, metrics, run_dir=run_dir, store=store, ports=ports)
 

@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from movierec.errors import MovierecError
 from movierec.index.base import Filters
 
 FILTER_FIELDS = ("genres", "year_min", "year_max", "min_rating")
 
 
-class WireError(ValueError):
+class WireError(MovierecError, ValueError):
     """A request or response that does not follow the format; the message names the field."""
 
 
@@ -71,7 +72,7 @@ def _rows(value: Any, name: str) -> list[np.ndarray]:
 def _padded(rows: Sequence[np.ndarray], dtype: type, left: bool = False, width: int | None = None) -> np.ndarray:
     """Rows of unequal length as one [len(rows), width] array, 0-padded on the right (or the left)."""
     width = max((len(r) for r in rows), default=0) if width is None else width
-    out = np.zeros((len(rows), width), dtype=dtype)
+    out: np.ndarray = np.zeros((len(rows), width), dtype=dtype)
     for i, row in enumerate(rows):
         if len(row):
             if left:
@@ -275,7 +276,7 @@ def parse_v2_response(body: Any, users: int) -> RankResult:
         outputs = {o["name"]: o for o in body["outputs"]}
 
         def matrix(name: str, dtype: type) -> np.ndarray:
-            data = np.asarray(outputs[name]["data"], dtype=dtype)
+            data: np.ndarray = np.asarray(outputs[name]["data"], dtype=dtype)
             return data.reshape(users, -1)  # a flattened output has lost its shape: U is what we sent
 
         items, scores, because = matrix("items", np.int64), matrix("scores", np.float32), matrix("because", np.int64)
