@@ -3,7 +3,7 @@
 #   make install              CPU PyTorch (no CUDA download) + movierec + test tools, into .venv
 #   make install TORCH=cu126  a CUDA build from PyTorch's index instead (TORCH=cuda: PyPI's CUDA 13 build)
 #   make demo [PORT=8100] [MOVIEREC_HOME=/tmp/x]
-#   make test [STRICT=1]      checks prerequisites first; STRICT=1 (CI) fails on any missing component
+#   make test [STRICT=1]      checks prerequisites, lints (ruff, mypy), runs pytest; STRICT=1 (CI) fails on any missing component
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
@@ -17,7 +17,7 @@ PYTEST_ARGS ?= -q
 MONGOECO_VENV ?= $(VENV)/mongoeco
 STAMP    = $(VENV)/.installed-torch-$(TORCH)
 
-.PHONY: demo test install test-deps check clean bench
+.PHONY: demo test install test-deps check lint clean bench
 
 install: $(STAMP)
 
@@ -43,8 +43,13 @@ check: $(STAMP)
 demo: install
 	$(BIN)/movierec demo --data-root $(DATA) --home $(MOVIEREC_HOME) --port $(PORT)
 
-## test: the whole test suite (what .ci/run calls, with STRICT=1)
-test: install test-deps check
+## lint: ruff (style, imports, bugbear) and mypy (types) over the package
+lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/mypy
+
+## test: lint, then the whole test suite (what .ci/run calls, with STRICT=1)
+test: install test-deps check lint
 	@MONGOECO_VENV=$(abspath $(MONGOECO_VENV)) MOVIEREC_DATA=$(DATA) $(if $(STRICT),MOVIEREC_STRICT_TESTS=1) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status = 5 ]; then echo "error: pytest collected no tests (PYTEST_ARGS=$(PYTEST_ARGS))" >&2; fi; \
