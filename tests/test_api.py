@@ -92,6 +92,8 @@ def test_methods_agree_on_the_top_items(client: TestClient) -> None:
     assert results["torchserve"] == results["faiss"] == results["qdrant"]
     popular = client.post("/recommend", json={"user_id": 3, "k": 10, "method": "popular"}).json()
     assert popular["strategy"] == "popular"
+    # a popular item's score is its number of ratings, printed as a whole number (no tie-break residue)
+    assert all(i["score"] == int(i["score"]) > 0 for i in popular["items"])
 
 
 def test_filters_are_applied(client: TestClient) -> None:
