@@ -295,3 +295,13 @@ def test_qdrant_client_adapter_reattaches_to_a_collection(vectors: np.ndarray, c
     assert (server.version, server.size, server.dim, server.kind) == ("v1", 400, DIM, "qdrant")
     query = vectors[:1] + 0.1
     assert server.search(query, K)[0].items.tolist() == built.search(query, K)[0].items.tolist()
+
+
+def test_an_embedded_qdrant_leaves_no_folder_behind(vectors: np.ndarray, catalog: ItemAttributes) -> None:
+    """Each Edge shard lives in a temporary folder (≈ 15 MB at ML-32M scale): closing the index removes it."""
+    index = build_qdrant_index(vectors, catalog)
+    assert isinstance(index, QdrantEdgeIndex) and index._workdir is not None
+    folder = Path(index._workdir.name)
+    assert folder.is_dir() and any(folder.iterdir())
+    index.close()
+    assert not folder.exists()
