@@ -28,6 +28,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
         format="%(message)s",
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
     )
+    if not verbose:  # FAISS logs each SIMD build it tries to load: noise unless debugging
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 app.add_typer(data_app, name="data")
