@@ -82,7 +82,7 @@ def train(
 ) -> None:
     """Train gSASRec and write a model artifact, metrics.json and training_curve.png.
 
-    Defaults (TrainConfig) are the best configuration measured on ML-1M (README, "Quality on ML-1M").
+    Defaults (TrainConfig) are the best configuration measured on ML-1M (docs/benchmarks.md, "Quality on ML-1M").
     Validation NDCG@10 is computed by full ranking every --eval-every steps; the best weights are kept.
     A checkpoint is written every few minutes. Under `torchrun --nproc-per-node N` each process trains
     on its share of every epoch (DistributedDataParallel) and rank 0 validates and writes the files.

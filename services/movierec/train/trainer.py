@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Defaults: the best configuration measured on ML-1M on a 2-core CPU (README, "Quality on ML-1M"):
+    # Defaults: the best configuration measured on ML-1M on a 2-core CPU (docs/benchmarks.md, "Quality on ML-1M"):
     # the gSASRec paper's model shape, trained with the full softmax (SASRec+), dropout 0.2, lr 2e-3.
     # model
     seq_len: int = 200
