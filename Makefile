@@ -61,3 +61,31 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(MOVIEREC_HOME)
+
+## Containers (docs/containers.md). images: both images with the local Docker (TORCH=cu126 for the CUDA builds)
+IMAGE_TAG ?= local
+DOCKER    ?= docker
+.PHONY: images compose-check compose-up kind-cluster skaffold-dev
+
+images:
+	$(DOCKER) build -f services/Dockerfile --build-arg TORCH=$(TORCH) -t movierec:$(IMAGE_TAG) .
+	$(DOCKER) build -f services/Dockerfile.torchserve --build-arg TORCH=$(TORCH) \
+		$(if $(filter-out cpu,$(TORCH)),--build-arg BASE_TAG=0.12.0-gpu) -t movierec-torchserve:$(IMAGE_TAG) .
+
+## compose-check: what works without Docker: hadolint, `docker-compose config`, skaffold.yaml against its schema
+compose-check: $(STAMP)
+	$(BIN)/hadolint --config .hadolint.yaml services/Dockerfile services/Dockerfile.torchserve
+	$(BIN)/docker-compose -f docker-compose.yml config --quiet
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests/test_containers.py
+
+## compose-up: the whole platform on this machine (first run trains a small model in the init service)
+compose-up:
+	@test -f .env || cp .env.example .env
+	$(DOCKER) compose up --build
+
+## kind-cluster, skaffold-dev: the dev loop on kind (README "Dev loop on kind")
+kind-cluster:
+	kind create cluster --config manifests/kind/cluster.yaml
+
+skaffold-dev:
+	skaffold dev --kube-context kind-movierec
