@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of the API's model thread and of each "
                                "TorchServe worker (a /recommend_batch of 32 users or more uses every core).")
     index_poll_seconds: float = Field(5.0, description="How often the API looks for a new index version.")
+    # -- the IndexBuild operator (operators/movierec_operator, docs/operator.md) --
+    operator_image: str = Field("movierec:latest", description="Image of the index build Jobs (an IndexBuild's "
+                                "spec.image overrides it).")
+    operator_model_claim: str = Field("movierec-model", description="PersistentVolumeClaim holding model "
+                                      "artifacts, mounted read-only at MOVIEREC_HOME/model in build Jobs.")
+    operator_index_claim: str = Field("movierec-index", description="PersistentVolumeClaim the API serves "
+                                      "indexes from, mounted at MOVIEREC_HOME/index in build Jobs.")
+    operator_namespace: str | None = Field(None, description="Namespace the operator watches (unset: all).")
+    operator_pending_seconds: float = Field(10.0, gt=0, description="An IndexBuild waiting for another build of "
+                                            "its target looks again after this long.")
+    operator_health_port: int = Field(8080, description="Port of the operator's liveness endpoint (/healthz).")
+    kubeconfig: Path | None = Field(None, description="The operator's cluster outside a pod (as kubectl's "
+                                    "KUBECONFIG); in a pod it uses its service account.")
 
     @cached_property
     def model_path(self) -> Path:
