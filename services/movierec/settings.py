@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     torchserve_timeout_ms: int = Field(1000, gt=0, description="Per request; slower answers are served in-process.")
     torchserve_failures_to_open: int = Field(3, ge=1, description="Consecutive failures that open the circuit.")
     torchserve_cooldown_seconds: float = Field(5.0, ge=0, description="Open circuit: wait this long, then probe.")
+    # -- limits under faults and hostile input (docs/reliability.md) --
+    redis_timeout_ms: int = Field(50, gt=0, description="Redis connect and reply timeout; no retries: a miss.")
+    redis_failures_to_open: int = Field(3, ge=1, description="Consecutive Redis failures that open its circuit.")
+    redis_cooldown_seconds: float = Field(2.0, ge=0, description="Open Redis circuit: serve uncached this long, "
+                                          "then probe.")
+    cache_max_bytes: int = Field(256 * 2**20, ge=0, description="Bound of the in-process cache (keys + values).")
+    max_body_bytes: int = Field(65536, ge=1024, description="Larger request bodies are refused with 413.")
+    batch_max_users: int = Field(1000, ge=1, le=1000, description="Most users one /recommend_batch may ask for.")
+    batch_slice_users: int = Field(32, ge=1, description="/recommend_batch runs in slices of this many users; "
+                                   "single requests are served between slices.")
+    batch_requires_key: bool = Field(False, description="Require X-API-Key for /recommend_batch too.")
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
 

@@ -20,7 +20,7 @@ from movierec.model.artifact import ArtifactError, load_artifact
 from movierec.serving.batcher import RecommendBatcher
 from movierec.serving.recommender import Recommender
 from movierec.settings import Settings
-from movierec.store import MovieStore, open_store
+from movierec.store import InvalidValue, MovieStore, open_store
 from movierec.store.cache import Cache, open_cache
 
 log = logging.getLogger("movierec.api")
@@ -45,6 +45,7 @@ class Services:
     problems: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _genres: frozenset[str] | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
@@ -58,8 +59,10 @@ class Services:
         faiss.omp_set_num_threads(1)
         threadpool_limits(1, user_api="blas")
         metrics = ApiMetrics()
-        services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path),
-                       open_cache(settings.redis_host, settings.redis_port, settings.redis_db), metrics)
+        cache = open_cache(settings.redis_host, settings.redis_port, settings.redis_db,
+                           timeout=settings.redis_timeout_ms / 1000, failures_to_open=settings.redis_failures_to_open,
+                           cooldown=settings.redis_cooldown_seconds, max_bytes=settings.cache_max_bytes)
+        services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path), cache, metrics)
         services.load_model()
         services.load_indexes()
         threading.Thread(target=services._watch_indexes, name="index-watch", daemon=True).start()
@@ -83,7 +86,8 @@ class Services:
             observe=self.metrics.observe_stage,
             on_cache=lambda hit: self.metrics.cache.labels("hit" if hit else "miss").inc(),
         )
-        self.batcher = RecommendBatcher(self.recommender, on_batch=self.metrics.batch_size.observe)
+        self.batcher = RecommendBatcher(self.recommender, on_batch=self.metrics.batch_size.observe,
+                                        slice_users=self.settings.batch_slice_users)
         self.metrics.model_loaded.set(1)
         log.info("model loaded", extra={"fields": {"path": str(self.settings.model_path),
                                                    "version": self.recommender.model_version}})
@@ -189,6 +193,24 @@ class Services:
         serving = all(p.ok for p in parts.values() if p.required)
         healthy = serving and all(p.ok for p in parts.values())
         return serving, healthy, {k: {"ok": p.ok, "detail": p.detail} for k, p in parts.items()}
+
+    # -- input checks that need the data -------------------------------------------------------
+    def known_genres(self) -> frozenset[str]:
+        """The genres of the catalogue (the model's, else the store's most rated movies), computed once."""
+        if self._genres is None:
+            if self.recommender is not None:
+                lists = self.recommender.catalog.genres
+            else:
+                lists = [m["genres"] for m in self.store.popular_movies(1000, None, None, None, None)]
+            self._genres = frozenset(g for genres in lists for g in genres)
+        return self._genres
+
+    def check_filters(self, filters: Filters) -> None:
+        """InvalidValue (a 422) naming the first genre the catalogue does not have."""
+        known = self.known_genres()
+        for genre in filters.genres:
+            if genre not in known:
+                raise InvalidValue("genres", f"unknown genre {genre!r} (known: {', '.join(sorted(known))})")
 
     # -- answers that need no model ------------------------------------------------------------
     def popular_for_user(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
