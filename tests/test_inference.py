@@ -1,4 +1,4 @@
-"""serving.inference: batched encoding and exact top-k agree with the plain computation."""
+"""serving.inference: batched encoding and exact top-k agree with the plain computation (kernels: test_kernels.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from movierec.model.gsasrec import GSASRec, ModelConfig
-from movierec.serving import inference
+from movierec.serving import kernels
 from movierec.serving.inference import ENCODE_CHUNK, encode, exact_top_k, masked_scores
 
 
@@ -55,7 +55,7 @@ def test_the_transposed_item_matrix_follows_in_place_updates() -> None:
 
 
 def large_catalog(items: int = 20_000, dim: int = 32, seed: int = 0) -> torch.Tensor:
-    """Item weights big enough for the int8 first pass (row 0 is padding)."""
+    """Item weights big enough for a first-pass kernel (row 0 is padding)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(items + 1, dim, generator=generator) * 0.05
 
@@ -73,49 +73,22 @@ def brute_force(vectors: torch.Tensor, weights: torch.Tensor, k: int, allowed=No
     return out, scores
 
 
-def test_the_int8_first_pass_is_used_on_large_catalogs_and_ranks_exactly() -> None:
+def test_large_catalogs_get_a_measured_plan_and_rank_exactly_at_every_batch_size() -> None:
     weights = large_catalog()
-    assert inference._prepared(weights).codes is not None, "the int8 GEMM should be available here"
-    rng = np.random.default_rng(2)
-    vectors = torch.randn(inference.INT8_MAX_USERS, 32) * 3
-    allowed = rng.random(len(weights)) < 0.3
-    exclude = [rng.integers(1, len(weights), 200) for _ in range(len(vectors))]
-    for mask, drop in ((None, ()), (allowed, exclude)):
-        ranked = exact_top_k(vectors, weights, 10, mask, drop)
-        expected, scores = brute_force(vectors, weights, 10, mask, drop)
-        for row, (items, values) in enumerate(ranked):
-            assert items.tolist() == expected[row].tolist(), row
-            np.testing.assert_allclose(values, scores[row, expected[row]], atol=1e-5)
-
-
-def test_the_int8_error_stays_within_the_bound_that_proves_the_ranking() -> None:
-    weights = large_catalog(seed=3)
-    matrix = inference._prepared(weights)
-    for scale in (0.01, 1.0, 100.0):
-        vectors = torch.randn(8, 32) * scale
-        vectors[0] = vectors[0].abs()
-        approx, bound = inference._int8_scores(matrix, vectors)
-        error = (approx.double() - vectors.double() @ weights.double().T).abs().amax(1)
-        assert (error <= bound.double()).all(), (error, bound)
-        assert (bound < 20 * error).all(), "the bound should not be so loose that every item is a candidate"
-
-
-def test_near_ties_within_the_int8_error_are_decided_in_fp32() -> None:
-    # every item nearly the same vector: int8 cannot tell the top 10 from thousands of others, so
-    # they all become fp32 candidates (a ranking by the int8 scores alone would be wrong)
-    generator = torch.Generator().manual_seed(4)
-    base = torch.randn(1, 32, generator=generator)
-    weights = base + torch.randn(20_001, 32, generator=generator) * 1e-4
-    vectors = torch.randn(3, 32, generator=generator)
-    ranked = exact_top_k(vectors, weights, 10)
-    expected, _ = brute_force(vectors, weights, 10)
-    assert [items.tolist() for items, _ in ranked] == [e.tolist() for e in expected]
-
-
-def test_fewer_allowed_items_than_k_returns_all_of_them() -> None:
-    weights = large_catalog(seed=5)
-    allowed = np.zeros(len(weights), bool)
-    allowed[[5, 50, 500]] = True
-    ranked = exact_top_k(torch.randn(2, 32), weights, 10, allowed, [np.array([50]), np.array([], np.int64)])
-    assert sorted(ranked[0][0].tolist()) == [5, 500]
-    assert sorted(ranked[1][0].tolist()) == [5, 50, 500]
+    kernels.configure("auto", budget_seconds=1.0)
+    try:
+        plan = kernels.plan_for(weights)
+        assert plan.ms["fp32"] and not plan.forced, "a large catalog is measured"
+        rng = np.random.default_rng(2)
+        for users in (1, 3, 16, 40):
+            vectors = torch.randn(users, 32) * 3
+            allowed = rng.random(len(weights)) < 0.3
+            exclude = [rng.integers(1, len(weights), 200) for _ in range(users)]
+            for mask, drop in ((None, ()), (allowed, exclude)):
+                ranked = exact_top_k(vectors, weights, 10, mask, drop)
+                expected, scores = brute_force(vectors, weights, 10, mask, drop)
+                for row, (items, values) in enumerate(ranked):
+                    assert items.tolist() == expected[row].tolist(), (users, row)
+                    np.testing.assert_allclose(values, scores[row, expected[row]], atol=1e-5)
+    finally:
+        kernels.configure("auto")

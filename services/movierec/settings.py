@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of the API's model thread and of each "
                                "TorchServe worker (a /recommend_batch of 32 users or more uses every core).")
+    scoring_kernel: Literal["auto", "fp32", "faiss-sq8-direct", "int8-torch", "faiss-sq8", "fp16-torch"] = Field(
+        "auto", description="First pass of the exact top-k (serving/kernels.py): auto times each kernel per batch "
+        "size on this CPU at load and uses the fastest; a name forces that kernel (the ranking stays exact).")
+    scoring_calibration_seconds: float = Field(4.0, gt=0, description="Time the auto choice may take at load.")
     index_poll_seconds: float = Field(5.0, description="How often the API looks for a new index version.")
     # -- the IndexBuild operator (operators/movierec_operator, docs/operator.md) --
     operator_image: str = Field("movierec:latest", description="Image of the index build Jobs (an IndexBuild's "

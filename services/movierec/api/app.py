@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from movierec.api import logs
 from movierec.api.routes import router
 from movierec.api.services import Services
+from movierec.api.web import install_web
 from movierec.serving.recommender import MethodUnavailable
 from movierec.settings import Settings
 from movierec.store import InvalidValue, StoreUnavailable, UnknownMovie
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    install_web(app, settings.web_path)  # the page at /, behind every API route (api/web.py)
 
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObserveRequests)  # outermost: a 413 is counted and logged too

@@ -28,6 +28,10 @@ class ApiMetrics:
             "movierec_index_info", "The index version being served (value 1)", ["kind", "version"], registry=r
         )
         self.model_loaded = Gauge("movierec_model_loaded", "1 when the gSASRec model is loaded", registry=r)
+        self.scoring_kernel = Gauge(
+            "movierec_scoring_kernel_info", "First-pass kernel of the exact top-k per batch-size bucket (value 1)",
+            ["batch", "kernel"], registry=r,
+        )
         self.ratings = Counter("movierec_ratings_written_total", "Ratings written through /update_user", registry=r)
 
     def observe_stage(self, stage: str, seconds: float) -> None:

@@ -117,6 +117,24 @@ def user_stats(user_id: Annotated[int, Path(ge=0, le=schemas.MAX_ID)], svc: Svc)
     return stats
 
 
+@router.get("/user_history/{user_id}", response_model=schemas.UserHistoryResponse, tags=["users"],
+            responses={**INVALID, 404: error("The user has no ratings.")})
+def user_history(user_id: Annotated[int, Path(ge=0, le=schemas.MAX_ID)], svc: Svc,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
+    """A user's newest ratings, newest first, with each movie's title, year and genres (what the web page shows)."""
+    entries = svc.store.user_history(user_id, limit)
+    if not entries:
+        raise HTTPException(404, f"user_id: {user_id} has no ratings")
+    movies = svc.store.get_movies(e.movie_id for e in entries)
+    items = []
+    for entry in reversed(entries):
+        movie = movies.get(entry.movie_id)
+        items.append({"movie_id": entry.movie_id, "title": movie["title"] if movie else None,
+                      "year": movie["year"] if movie else None, "genres": movie["genres"] if movie else [],
+                      "rating": entry.rating, "timestamp": entry.timestamp})
+    return {"user_id": user_id, "items": items}
+
+
 @router.get("/popular_movies", response_model=schemas.PopularResponse, tags=["movies"], responses=INVALID)
 def popular_movies(
     svc: Svc,

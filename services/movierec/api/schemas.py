@@ -124,6 +124,16 @@ class GenreCount(BaseModel):
     count: int
 
 
+class HistoryItem(Movie):
+    rating: float | None = Field(..., description="None for loaded data without rating values.")
+    timestamp: int = Field(..., description="Unix seconds.")
+
+
+class UserHistoryResponse(BaseModel):
+    user_id: int
+    items: list[HistoryItem] = Field(..., description="Newest first.")
+
+
 class UserStatsResponse(BaseModel):
     user_id: int
     n_ratings: int

@@ -18,6 +18,7 @@ from movierec.api.metrics import ApiMetrics
 from movierec.index.base import Filters
 from movierec.model.artifact import ArtifactError, load_artifact
 from movierec.serving.batcher import RecommendBatcher
+from movierec.serving.inference import configure_scoring, scoring_plan
 from movierec.serving.recommender import Recommender
 from movierec.settings import Settings
 from movierec.store import InvalidValue, MovieStore, open_store
@@ -58,6 +59,7 @@ class Services:
         torch.set_num_threads(settings.torch_threads)
         faiss.omp_set_num_threads(1)
         threadpool_limits(1, user_api="blas")
+        configure_scoring(settings.scoring_kernel, settings.scoring_calibration_seconds)  # measured at model load
         metrics = ApiMetrics()
         cache = open_cache(settings.redis_host, settings.redis_port, settings.redis_db,
                            timeout=settings.redis_timeout_ms / 1000, failures_to_open=settings.redis_failures_to_open,
@@ -89,6 +91,9 @@ class Services:
         self.batcher = RecommendBatcher(self.recommender, on_batch=self.metrics.batch_size.observe,
                                         slice_users=self.settings.batch_slice_users)
         self.metrics.model_loaded.set(1)
+        self.metrics.scoring_kernel.clear()
+        for batch, kernel in scoring_plan(self.recommender.item_weights)["by_batch"].items():
+            self.metrics.scoring_kernel.labels(batch, kernel).set(1)
         log.info("model loaded", extra={"fields": {"path": str(self.settings.model_path),
                                                    "version": self.recommender.model_version}})
         if self.settings.torchserve_url:
@@ -241,6 +246,7 @@ class Services:
                 "hit_ratio": round(rec.cache_stats.ratio, 4) if rec else 0.0,
             },
             "latency": self.metrics.latency_summary(),
+            "scoring": scoring_plan(rec.item_weights) if rec else None,
             "uptime_s": round(time.time() - self.started, 1),
         }
 

@@ -6,15 +6,16 @@ handler all call it, so every serving path ranks identically.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from movierec.model.gsasrec import GSASRec
-from movierec.model.padding import PADDING_IDX, pad_histories
+from movierec.model.padding import pad_histories
+from movierec.serving.kernels import Fp32, configure, mask_, matrix_for, plan_for, top_k_of
 
 BECAUSE = 3  # history items returned as the explanation of a recommendation
 ENCODE_CHUNK = 16  # users per transformer pass; users are sorted by length so a chunk carries little padding
@@ -77,23 +78,34 @@ def exact_top_k(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user (item_idx, score) of the k best allowed, not excluded items, best first (may be < k).
 
-    On CPU, a batch of up to INT8_MAX_USERS users over a large catalog is ranked in two passes:
-    int8 scores of every item (an int8 GEMM reads a quarter of the bytes of the fp32 matrix, which
-    is what a skinny GEMM is bound by), then fp32 scores of the few items that can still be in the
-    top k. The result is the exact ranking: the int8 error has a proven bound (`_int8_scores`).
+    On CPU the item matrix gets a plan (`kernels.plan_for`): per batch size, the first-pass kernel
+    measured fastest on this CPU at load (or the one SCORING_KERNEL forces). A first pass over a
+    compact copy of the matrix (int8, fp16) finds every item that can be in the top k, with an
+    error bound proven for its quantizer, and those few are re-scored in fp32: the ranking is exact.
+    Ties in fp32 go to the lower item_idx.
     """
     vectors = vectors.to(item_weights.device, item_weights.dtype)
     k = min(k, item_weights.shape[0])
-    matrix = _prepared(item_weights)
-    if matrix.codes is not None and 0 < len(vectors) <= INT8_MAX_USERS:
-        return _two_pass_top_k(matrix, item_weights, vectors, k, allowed, exclude)
-    return _top_k_of(masked_scores(vectors, item_weights, allowed, exclude), k)
+    if not _on_cpu_fp32(item_weights) or len(vectors) == 0 or k <= 0:
+        return top_k_of(masked_scores(vectors, item_weights, allowed, exclude), k)
+    return plan_for(item_weights).kernel_for(len(vectors)).top_k(vectors.contiguous(), k, allowed, exclude)
 
 
-def _top_k_of(scores: torch.Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    values, indices = top.values.float().cpu().numpy(), top.indices.cpu().numpy()
-    return [(i[np.isfinite(v)], v[np.isfinite(v)]) for i, v in zip(indices, values)]
+def scoring_plan(item_weights: torch.Tensor) -> dict[str, Any]:
+    """What ranks batches of each size over this item matrix, and why (for /stats and logs)."""
+    if not _on_cpu_fp32(item_weights):
+        return {"by_batch": {}, "forced": False, "reason": f"{item_weights.device} {item_weights.dtype}: "
+                "one product, no first pass"}
+    return plan_for(item_weights).describe()
+
+
+def configure_scoring(kernel: str = "auto", calibration_seconds: float = 3.0) -> None:
+    """SCORING_KERNEL and SCORING_CALIBRATION_SECONDS: call before the first ranking (later: plans are redone)."""
+    configure(kernel, calibration_seconds)
+
+
+def _on_cpu_fp32(weights: torch.Tensor) -> bool:
+    return weights.device.type == "cpu" and weights.dtype == torch.float32
 
 
 def masked_scores(
@@ -103,117 +115,11 @@ def masked_scores(
     exclude: Sequence[np.ndarray] = (),
 ) -> torch.Tensor:
     """Inner products [U, num_items + 1] with padding, disallowed items and exclude[u] set to -inf."""
-    if item_weights.device.type == "cpu" and item_weights.dtype == torch.float32 and vectors.dtype == torch.float32:
-        # [U, d] @ [d, N] in OpenBLAS: 2-3x faster than torch's MKL for this skinny shape on AMD CPUs
-        scores = torch.from_numpy(vectors.detach().numpy() @ _prepared(item_weights).columns)
+    if _on_cpu_fp32(item_weights) and vectors.dtype == torch.float32:
+        scores = Fp32(matrix_for(item_weights)).scores(vectors)
     else:
         scores = vectors @ item_weights.T
-    return _mask_(scores, allowed, exclude)
-
-
-def _mask_(scores: torch.Tensor, allowed: np.ndarray | None, exclude: Sequence[np.ndarray]) -> torch.Tensor:
-    scores[:, PADDING_IDX] = -torch.inf
-    if allowed is not None:
-        scores.masked_fill_(~torch.from_numpy(allowed).to(scores.device), -torch.inf)
-    for row, items in enumerate(exclude):
-        if len(items):
-            scores[row].index_fill_(0, torch.as_tensor(np.array(items, dtype=np.int64), device=scores.device),
-                                    -torch.inf)
-    return scores
-
-
-# -- the int8 first pass ------------------------------------------------------------------------
-INT8_MIN_ITEMS = 16_384  # below this the fp32 scan is cheap enough
-INT8_MAX_USERS = 16  # above this a full GEMM is compute-bound and fp32 BLAS is as fast (bench: 16-24)
-
-
-@dataclass
-class ItemMatrix:
-    """One item matrix prepared for scoring: fp32 columns for BLAS, int8 codes for the first pass.
-
-    Item j is w_j ~ scales[j] * codes[j] (symmetric, one scale per item).
-    """
-
-    columns: np.ndarray  # [dim, N] float32, C-contiguous
-    codes: torch.Tensor | None = None  # [N, dim] int8, or None (small catalog, not CPU fp32, no int8 GEMM)
-    scales: torch.Tensor | None = None  # [N] float32
-    max_norm: float = 0.0  # max_j |w_j|_2
-    max_residual: float = 0.0  # max_j |w_j - scales[j] * codes[j]|_2
-
-
-def _two_pass_top_k(matrix: ItemMatrix, weights: torch.Tensor, vectors: torch.Tensor, k: int,
-                    allowed: np.ndarray | None, exclude: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Exact top-k from int8 scores: every item that can be in the top k is re-scored in fp32.
-
-    With e the bound on the int8 error (`_int8_scores`), the k items with the best int8 scores all
-    score at least a_k - e exactly (a_k: the k-th best int8 score), so each item of the true top k
-    has an int8 score of at least a_k - 2e. Those candidates (a few dozen per user; every item
-    when everything ties) are scored in fp32 and ranked.
-    """
-    approx, error = _int8_scores(matrix, vectors)
-    approx = _mask_(approx, allowed, exclude)
-    kth = torch.topk(approx, k, dim=1, sorted=False).values.amin(1)
-    # fewer than k allowed items: every allowed one is a candidate (-inf stays below the floor)
-    floor = (kth - 2 * error).clamp_min(torch.finfo(approx.dtype).min)
-    row_t, item_t = torch.nonzero(approx >= floor[:, None], as_tuple=True)
-    exact = torch.einsum("cd,cd->c", weights[item_t], vectors[row_t]).numpy()
-    rows, items = row_t.numpy(), item_t.numpy()
-    order = np.lexsort((-exact, rows))  # by user, best first
-    ends = np.searchsorted(rows[order], np.arange(len(vectors) + 1))
-    out = []
-    for start, end in zip(ends[:-1], ends[1:]):
-        best = order[start:min(end, start + k)]
-        out.append((items[best], exact[best]))
-    return out
-
-
-def _int8_scores(matrix: ItemMatrix, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 scores [U, N] and, per user, a bound on |int8 score - fp32 score| over every item.
-
-    Each user vector gets its own symmetric int8 scale: v ~ v' = step * q. Then
-    v.w - v'.w' = (v - v').w + v'.(w - w'), so by Cauchy-Schwarz the error is at most
-    |v - v'|_2 max|w|_2 + |v'|_2 max|w - w'|_2, every term known exactly. The int32 products
-    are exact; the margin covers the fp32 rounding of the scaling and of the fp32 re-scoring.
-    """
-    assert matrix.codes is not None and matrix.scales is not None  # callers check has_int8 first
-    step = vectors.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
-    codes = torch.round(vectors / step).clamp_(-127, 127)
-    quantized = codes * step
-    approx = torch._int_mm(codes.to(torch.int8), matrix.codes.T).float().mul_(matrix.scales).mul_(step)
-    error = (vectors - quantized).norm(dim=1) * matrix.max_norm + quantized.norm(dim=1) * matrix.max_residual
-    return approx, error * (1 + 1e-4) + 1e-5 * (1 + vectors.norm(dim=1) * matrix.max_norm)
-
-
-_PREPARED: dict[int, tuple[weakref.ref, int, ItemMatrix]] = {}
-
-
-def _prepared(weights: torch.Tensor) -> ItemMatrix:
-    """The ItemMatrix of a weights tensor, made once (and again after an in-place change)."""
-    entry = _PREPARED.get(id(weights))
-    if entry is None or entry[0]() is not weights or entry[1] != weights._version:
-        for key in [key for key, (ref, _, _) in _PREPARED.items() if ref() is None]:
-            del _PREPARED[key]
-        entry = (weakref.ref(weights), weights._version, _prepare(weights.detach()))
-        _PREPARED[id(weights)] = entry
-    return entry[2]
-
-
-def _prepare(weights: torch.Tensor) -> ItemMatrix:
-    if weights.device.type != "cpu" or weights.dtype != torch.float32:
-        return ItemMatrix(np.empty((0, 0), np.float32))
-    matrix = ItemMatrix(np.ascontiguousarray(weights.numpy().T))
-    if weights.shape[0] < INT8_MIN_ITEMS:
-        return matrix
-    scales = weights.abs().amax(1).clamp_min(1e-30) / 127
-    codes = torch.round(weights / scales[:, None]).clamp_(-127, 127)
-    try:
-        torch._int_mm(codes[:1].to(torch.int8), codes[:1].to(torch.int8).T)
-    except (RuntimeError, AttributeError):  # no int8 GEMM in this build: fp32 only
-        return matrix
-    matrix.codes, matrix.scales = codes.to(torch.int8).contiguous(), scales.float()
-    matrix.max_norm = float(weights.norm(dim=1).max())
-    matrix.max_residual = float((weights - codes * scales[:, None]).norm(dim=1).max())
-    return matrix
+    return mask_(scores, allowed, exclude)
 
 
 @torch.inference_mode()

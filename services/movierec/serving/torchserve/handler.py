@@ -34,7 +34,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from movierec.model.artifact import load_artifact
 from movierec.serving.catalog import MovieCatalog
-from movierec.serving.inference import encode, exact_top_k
+from movierec.serving.inference import configure_scoring, encode, exact_top_k, scoring_plan
 from movierec.serving.torchserve.wire import (
     RankRequest,
     RankResult,
@@ -68,16 +68,24 @@ class GSASRecHandler(BaseHandler):
         model = (context.manifest or {}).get("model", {})
         self.model_name = model.get("modelName") or context.model_name
         self.model_version = model.get("modelVersion")
+        serving = Settings()
         if self.device.type == "cpu":
             # one worker ranks a batch at a time next to TorchServe's Java frontend: pools that
             # spin-wait between calls (OpenMP, OpenBLAS) would take the frontend's core
-            threads = Settings().torch_threads
+            threads = serving.torch_threads
             torch.set_num_threads(threads)
             threadpool_limits(threads, user_api="blas")
+            import faiss
+
+            faiss.omp_set_num_threads(threads)
+        # the first-pass kernel of the exact top-k: chosen as the API chooses (timed here at warm-up)
+        configure_scoring(serving.scoring_kernel, serving.scoring_calibration_seconds)
         warm = np.arange(1, min(self.catalog.size, self.model.cfg.seq_len) + 1, dtype=np.int64)
         exact_top_k(encode(self.model, [warm]).vectors, self.item_weights, 10, None, [warm])  # lazy buffers now
+        self.scoring = scoring_plan(self.item_weights)
         self.initialized = True
-        log.info("gsasrec loaded from %s on %s: %d items", root, self.device, self.catalog.size)
+        log.info("gsasrec loaded from %s on %s: %d items; scoring kernel by batch size %s (%s)", root, self.device,
+                 self.catalog.size, self.scoring.get("by_batch"), self.scoring.get("reason"))
 
     # -- the whole batch -----------------------------------------------------------------------
     def handle(self, data: list[Any], context: Any) -> list[Any]:
