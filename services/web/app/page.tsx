@@ -1,0 +1,5 @@
+import { Explorer } from "@/components/Explorer";
+
+export default function Home() {
+  return <Explorer />;
+}
