@@ -193,12 +193,16 @@ def test_missing_model_serves_popular_and_health_says_why(api_home: Path, tmp_pa
     home = tmp_path / "home"
     shutil.copytree(api_home, home)
     (home / "model" / "model.pt").write_bytes(b"corrupt")
-    with make_client(home) as c:
+    with make_client(home, api_key="ops-key") as c:
         r = c.post("/recommend", json={"user_id": 1, "k": 5})
         assert r.status_code == 200 and r.json()["strategy"] == "popular" and len(r.json()["items"]) == 5
-        health = c.get("/health").json()
+        health = c.get("/health", headers={"X-API-Key": "ops-key"}).json()
         assert health["status"] == "degraded"
         assert "checksum" in health["components"]["model"]["detail"]
+        # anyone else sees the states, not the paths and reasons
+        public = c.get("/health").json()
+        assert public["status"] == "degraded" and public["components"]["model"] == {"ok": False}
+        assert str(home) not in c.get("/health", headers={"X-API-Key": "wrong"}).text
 
 
 def test_new_index_version_is_picked_up_without_restart(client: TestClient, api_home: Path) -> None:
@@ -217,16 +221,17 @@ def test_new_index_version_is_picked_up_without_restart(client: TestClient, api_
 def test_redis_cache_and_outage(api_home: Path, tmp_path: Path, redis_server) -> None:
     home = tmp_path / "home"
     shutil.copytree(api_home, home)
-    with make_client(home, redis_host="127.0.0.1", redis_port=redis_server.port) as c:
+    with make_client(home, redis_host="127.0.0.1", redis_port=redis_server.port, api_key="k") as c:
+        c.headers["X-API-Key"] = "k"
         body = {"user_id": 5, "k": 5, "method": "faiss"}
         first = c.post("/recommend", json=body).json()
         assert first["cached"] is False
         assert c.post("/recommend", json=body).json()["cached"] is True
         keys = redis_server.client().keys("movierec:user:5:*")
         assert len(keys) >= 2  # the history and the response
-        # an update drops every key of that user in Redis
+        # an update drops the user's cached responses in Redis (the history and vector may be refreshed at once)
         assert c.post("/update_user", json={"user_id": 5, "movie_id": 3, "rating": 3.5}).status_code == 200
-        assert redis_server.client().keys("movierec:user:5:*") == []
+        assert [k for k in redis_server.client().keys("movierec:user:5:*") if b":rec:" in k] == []
         assert c.get("/health").json()["components"]["cache"]["ok"] is True
         assert c.get("/stats").json()["cache"]["kind"] == "redis"
         # a batch reads and writes the cache in one round trip per kind of key (MGET, pipelined SET)

@@ -1,12 +1,29 @@
-"""Request and response bodies of the HTTP API (the published contract; pydantic v2 validates every field)."""
+"""Request and response bodies of the HTTP API (the published contract; pydantic v2 validates every field).
+
+Every string and integer is bounded, and integers are strict (`true` is not 1, `"1"` is not 1): ids
+fit in 63 bits (what SQLite and MongoDB store), timestamps are Unix seconds up to 2100-01-01. What the
+JSON schema cannot say (year_min <= year_max; a genre must be one of the catalogue's) is checked too,
+and also answers 422 with a `detail` string naming the field.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from movierec.index.base import Filters
+
+MAX_ID = 2**63 - 1  # the largest integer SQLite and MongoDB store
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01T00:00:00Z
+Id = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
+Genre = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 503: one line naming the field or the reason."""
+
+    detail: str = Field(..., examples=["k: Input should be less than or equal to 1000"])
 
 Method = Literal["torchserve", "faiss", "qdrant", "popular"]
 METHOD_DESCRIPTION = (
@@ -21,11 +38,18 @@ class Strict(BaseModel):
 
 
 class FilterFields(Strict):
-    genres: list[str] | None = Field(None, description="Keep movies with any of these genres.", max_length=50)
-    year_min: int | None = Field(None, ge=1800, le=2100)
-    year_max: int | None = Field(None, ge=1800, le=2100)
-    min_rating: float | None = Field(None, ge=0.0, le=5.0, description="Minimum mean rating of the movie.")
+    genres: list[Genre] | None = Field(None, max_length=50, description=(
+        "Keep movies with any of these genres; each must be a genre of the catalogue (else 422 naming it)."))
+    year_min: int | None = Field(None, ge=1800, le=2100, strict=True, description="At most year_max.")
+    year_max: int | None = Field(None, ge=1800, le=2100, strict=True)
+    min_rating: float | None = Field(None, ge=0.0, le=5.0, strict=True, description="Minimum mean rating of the movie.")
     exclude_rated: bool = Field(True, description="Leave out movies the user already rated.")
+
+    @model_validator(mode="after")
+    def years_in_order(self) -> FilterFields:
+        if self.year_min is not None and self.year_max is not None and self.year_min > self.year_max:
+            raise ValueError(f"year_min {self.year_min} is after year_max {self.year_max}")
+        return self
 
     def filters(self) -> Filters:
         return Filters(genres=tuple(self.genres or ()), year_min=self.year_min, year_max=self.year_max,
@@ -33,29 +57,25 @@ class FilterFields(Strict):
 
 
 class RecommendRequest(FilterFields):
-    user_id: int = Field(..., ge=0, examples=[1])
-    k: int = Field(10, ge=1, le=1000, description="How many movies (1-1000).")
+    user_id: Id = Field(..., examples=[1])
+    k: int = Field(10, ge=1, le=1000, strict=True, description="How many movies (1-1000).")
     method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
 
 
 class RecommendBatchRequest(FilterFields):
-    user_ids: list[int] = Field(..., min_length=1, max_length=1000, examples=[[1, 2, 3, 4, 5]])
-    k: int = Field(10, ge=1, le=1000)
+    user_ids: list[Id] = Field(..., min_length=1, max_length=1000, examples=[[1, 2, 3, 4, 5]], description=(
+        "1 to 1000 users (the operator may allow fewer: BATCH_MAX_USERS); computed in slices between which "
+        "single requests are served."))
+    k: int = Field(10, ge=1, le=1000, strict=True)
     method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
-
-    @field_validator("user_ids")
-    @classmethod
-    def non_negative(cls, ids: list[int]) -> list[int]:
-        if any(u < 0 for u in ids):
-            raise ValueError("user ids must be non-negative")
-        return ids
 
 
 class UpdateUserRequest(Strict):
-    user_id: int = Field(..., ge=0)
-    movie_id: int = Field(..., ge=1)
-    rating: float = Field(..., ge=0.5, le=5.0, description="0.5 to 5.0 in half steps.")
-    timestamp: int | None = Field(None, ge=0, description="Unix seconds; default now.")
+    user_id: Id
+    movie_id: int = Field(..., ge=1, le=MAX_ID, strict=True, description="A movie of the store (else 404).")
+    rating: float = Field(..., ge=0.5, le=5.0, multiple_of=0.5, strict=True, description="0.5 to 5.0 in half steps.")
+    timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP, strict=True,
+                                  description="Unix seconds, up to 2100-01-01; default now.")
 
     @field_validator("rating")
     @classmethod
@@ -67,7 +87,7 @@ class UpdateUserRequest(Strict):
 
 class SearchRequest(Strict):
     query: str = Field(..., min_length=1, max_length=200)
-    limit: int = Field(20, ge=1, le=1000)
+    limit: int = Field(20, ge=1, le=1000, strict=True)
 
 
 class Movie(BaseModel):

@@ -5,6 +5,12 @@ queue; the next pass takes all of them at once (grouped by k, method, filters), 
 transformer pass and one scan of the item matrix serve many users. There is no added delay: a
 lone request starts at once, and batches form only when requests arrive faster than the model
 answers. Repeat requests are answered from the response cache without queueing.
+
+The model thread does no cache I/O: cache and store reads run before a pass on the thread pool
+(`Recommender.gather`), cache writes after it (`Recommender.save`), so a slow or frozen Redis
+delays nobody's model pass. A large /recommend_batch (`recommend_batch`) runs in slices of
+`slice_users`; each slice is queued behind whatever is already waiting, so single requests that
+arrive meanwhile are served between two slices instead of after the whole batch.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from movierec.index.base import Filters
-from movierec.serving.recommender import Recommender
+from movierec.serving.recommender import Recommendation, Recommender, Work
 
 T = TypeVar("T")
 Params = tuple[int, str, Filters, bool]  # k, method, filters, exclude_rated
@@ -29,9 +35,10 @@ Params = tuple[int, str, Filters, bool]  # k, method, filters, exclude_rated
 
 class RecommendBatcher:
     def __init__(self, recommender: Recommender, max_batch: int = 64,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, slice_users: int = 32) -> None:
         self.recommender = recommender
-        self.max_batch = max_batch
+        self.max_batch, self.slice_users = max_batch, max(1, slice_users)
+        self._saving: set[asyncio.Task] = set()  # cache writes in flight (held: the loop keeps weak references)
         self.on_batch = on_batch or (lambda size: None)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._pending: list[tuple[Params, int, np.ndarray, int, asyncio.Future]] = []
@@ -47,6 +54,31 @@ class RecommendBatcher:
         """
         call = (lambda: _on_all_cores(fn, *args)) if all_cores else (lambda: fn(*args))
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Cache (and store) I/O: on the thread pool when the cache is a network one, else inline."""
+        return await asyncio.to_thread(fn, *args) if self.recommender.cache.blocking else fn(*args)
+
+    def _save_later(self, work: Work) -> None:
+        """Write what a pass computed to the cache after its callers have their answers."""
+        if not work.writes:
+            return
+        task = asyncio.get_running_loop().create_task(self._io(self.recommender.save, work))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
+    async def recommend_batch(self, user_ids: list[int], k: int, method: str, filters: Filters,
+                              exclude_rated: bool) -> list[Recommendation]:
+        """Many users (/recommend_batch): cache and store reads off the model thread, then the model in slices
+        of `slice_users`, each queued behind the passes already waiting (fair to single requests)."""
+        rec = self.recommender
+        work = await asyncio.to_thread(rec.gather, user_ids, k, method, filters, exclude_rated)
+        all_cores = len(work.todo) >= 32
+        for start in range(0, len(work.todo), self.slice_users):
+            part = work.todo[start:start + self.slice_users]
+            await self.run(rec.compute, work, part, all_cores=all_cores)
+        self._save_later(work)
+        return work.answers()
 
     async def recommend(self, user_id: int, k: int, method: str, filters: Filters, exclude_rated: bool
                         ) -> dict[str, Any]:
@@ -108,17 +140,21 @@ class RecommendBatcher:
                         histories[user_id], read_at[user_id] = history, generation
                 for (k, method, filters, exclude_rated), waiting in groups.items():
                     users = [user_id for user_id, _ in waiting]
+                    rec = self.recommender
                     try:
-                        recs = await self.run(self.recommender.recommend_many, users, k, method, filters,
-                                              exclude_rated, False, histories, read_at)
+                        work = await self._io(rec.gather, users, k, method, filters, exclude_rated, False,
+                                              histories, read_at)
+                        await self.run(rec.compute, work)
+                        recs = work.answers()
                     except Exception as exc:  # noqa: BLE001 - each caller gets the error (mapped to 4xx/503)
                         for _, future in waiting:
                             if not future.done():
                                 future.set_exception(exc)
                         continue
-                    for (_, future), rec in zip(waiting, recs):
+                    for (_, future), answer in zip(waiting, recs):
                         if not future.done():  # the client may have gone away
-                            future.set_result(rec.to_dict())
+                            future.set_result(answer.to_dict())
+                    self._save_later(work)
         finally:
             self._draining = False
 

@@ -12,6 +12,7 @@ of the model's last block at the most recent position: what the model looked at.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +63,27 @@ class Recommendation:
             "model_version": self.model_version, "index_version": self.index_version, "cached": self.cached,
             "items": self.items,
         }
+
+
+@dataclass
+class Work:
+    """One recommend_many call between its steps: what `gather` read, what `compute` made, what `save` writes."""
+
+    user_ids: list[int]
+    k: int
+    method: str
+    filters: Filters
+    exclude_rated: bool
+    read_at: dict[int, int]
+    keys: dict[int, str] = field(default_factory=dict)  # user -> response key
+    results: dict[int, Recommendation] = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)  # distinct users without a cached response
+    histories: dict[int, np.ndarray] = field(default_factory=dict)
+    vectors: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # cached ones
+    writes: dict[str, bytes] = field(default_factory=dict)
+
+    def answers(self) -> list[Recommendation]:
+        return [self.results[u] for u in self.user_ids]
 
 
 @dataclass
@@ -167,31 +189,46 @@ class Recommender:
         return encoded.vectors.numpy(), encoded.because
 
     def cached_vectors(self, user_ids: Sequence[int], histories: Sequence[np.ndarray],
-                     read_at: dict[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+                       read_at: dict[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """`encode` with the cache: a user's vector and explanation live until their history changes.
 
         `read_at`: the generation each history was read at (default: now); stale vectors are not cached.
         """
         read_at = read_at if read_at is not None else self.cache.generations(list(user_ids))
+        work = Work(list(user_ids), 0, "torchserve", Filters(), True, read_at)
+        work.vectors = self._cached_vectors(user_ids)
+        found = self._vectors(work, user_ids, histories)
+        self.save(work)
+        return found
+
+    def _cached_vectors(self, user_ids: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The cached (vector, explaining item_idx) of those users who have one."""
         dim = self.model.cfg.dim
-        vectors = np.empty((len(user_ids), dim), dtype=np.float32)
+        found = {}
+        for u, raw in zip(user_ids, self.cache.get_many([user_prefix(u) + "vector" for u in user_ids])):
+            self.cache_stats.count(raw is not None)
+            if raw is not None:
+                found[u] = (np.frombuffer(raw, np.float32, dim), np.frombuffer(raw, np.int64, offset=4 * dim))
+        return found
+
+    def _vectors(self, work: Work, user_ids: Sequence[int], histories: Sequence[np.ndarray]
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Vectors [U, d] and explanations of `user_ids`: cached ones from `work.vectors`, the rest encoded now
+        (and queued in `work.writes`)."""
+        vectors = np.empty((len(user_ids), self.model.cfg.dim), dtype=np.float32)
         because: list[np.ndarray] = [np.empty(0, np.int64)] * len(user_ids)
         missing = []
-        keys = [user_prefix(u) + "vector" for u in user_ids]
-        for row, raw in enumerate(self.cache.get_many(keys)):
-            self.cache_stats.count(raw is not None)
-            if raw is None:
-                missing.append(row)
+        for row, u in enumerate(user_ids):
+            if u in work.vectors:
+                vectors[row], because[row] = work.vectors[u]
             else:
-                vectors[row] = np.frombuffer(raw, np.float32, dim)
-                because[row] = np.frombuffer(raw, np.int64, offset=4 * dim)
+                missing.append(row)
         if missing:
             fresh, explained = self.encode([histories[row] for row in missing])
-            values = {}
             for row, vector, items in zip(missing, fresh, explained):
                 vectors[row], because[row] = vector, items
-                values[keys[row]] = vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
-            self.cache.set_many(values, self.ttl, read_at)
+                work.writes[user_prefix(user_ids[row]) + "vector"] = \
+                    vector.astype(np.float32).tobytes() + items.astype(np.int64).tobytes()
         return vectors, because
 
     def titles(self, items: np.ndarray) -> list[str]:
@@ -259,48 +296,84 @@ class Recommender:
         `histories` are the users' histories when the caller has read them already, `read_at` the
         generations they were read at: a result computed from a history that has changed since is
         returned but not cached, so the next request sees the update.
+
+        The three steps, for callers that run them on different threads (the API keeps cache and
+        store I/O off the model thread): `gather` (cache and store reads), `compute` (the model),
+        `save` (cache writes).
         """
+        work = self.gather(user_ids, k, method, filters, exclude_rated, check_cache, histories, read_at)
+        self.compute(work)
+        self.save(work)
+        return work.answers()
+
+    def gather(
+        self, user_ids: Sequence[int], k: int, method: str = "torchserve", filters: Filters | None = None,
+        exclude_rated: bool = True, check_cache: bool = True, histories: dict[int, np.ndarray] | None = None,
+        read_at: dict[int, int] | None = None,
+    ) -> Work:
+        """Everything `compute` needs from the cache and the store: cached responses, histories, cached vectors."""
         known = histories or {}
         given = read_at or {}
         read_at = {**self.cache.generations([u for u in dict.fromkeys(user_ids) if u not in given]), **given}
         filters = filters or Filters()
-        results: dict[int, Recommendation] = {}
-        keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
+        work = Work(list(user_ids), k, method, filters, exclude_rated, read_at)
+        work.keys = {u: self._response_key(u, k, method, filters, exclude_rated) for u in user_ids}
         distinct = list(dict.fromkeys(user_ids))
-        for u, raw in zip(distinct, self.cache.get_many([keys[u] for u in distinct]) if check_cache else ()):
+        for u, raw in zip(distinct, self.cache.get_many([work.keys[u] for u in distinct]) if check_cache else ()):
             cached = self._cached(raw)
             if cached is not None:
-                results[u] = Recommendation(**cached)
-        todo = [u for u in distinct if u not in results]
-        histories = {**self.histories([u for u in todo if u not in known], read_at),
-                     **{u: known[u] for u in todo if u in known}}
+                work.results[u] = Recommendation(**cached)
+        work.todo = [u for u in distinct if u not in work.results]
+        work.histories = {**self.histories([u for u in work.todo if u not in known], read_at),
+                          **{u: known[u] for u in work.todo if u in known}}
+        sequence_users = [u for u in work.todo if method != "popular" and len(work.histories[u]) >= self.min_history]
+        if sequence_users and (method != "torchserve" or self.remote is None or not self.remote_likely()):
+            work.vectors = self._cached_vectors(sequence_users)
+        return work
+
+    def remote_likely(self) -> bool:
+        """Will method torchserve go to the model server (so cached vectors are not needed)?"""
+        breaker = getattr(self.remote, "breaker", None)
+        return self.remote is not None and (breaker is None or breaker.state == "closed")
+
+    def compute(self, work: Work, users: Sequence[int] | None = None) -> None:
+        """Answer `users` (default: every user `gather` left to do): the model pass, no cache I/O.
+
+        Called once per slice of a large batch, so that single requests are served between slices.
+        """
+        todo = work.todo if users is None else list(users)
+        k, method, filters, exclude_rated = work.k, work.method, work.filters, work.exclude_rated
         allowed = None if filters.is_empty() else self.catalog.allowed(filters)
-        sequence_users = [u for u in todo if method != "popular" and len(histories[u]) >= self.min_history]
+        sequence_users = [u for u in todo if method != "popular" and len(work.histories[u]) >= self.min_history]
         for u in todo:
             if u not in sequence_users:
-                seen = histories[u] if exclude_rated else np.empty(0, np.int64)
+                seen = work.histories[u] if exclude_rated else np.empty(0, np.int64)
                 items, scores = self._popular(k, allowed, seen)
-                results[u] = self._build(u, "popular", method, "in-process", items, scores, None, None)
+                work.results[u] = self._build(u, "popular", method, "in-process", items, scores, None, None)
         if sequence_users:
-            hs = [histories[u] for u in sequence_users]
+            hs = [work.histories[u] for u in sequence_users]
             seen_by_user = [h if exclude_rated else np.empty(0, np.int64) for h in hs]
             index_version, served_by = None, "in-process"
             remote = self._remote(method, hs, k, filters, seen_by_user)
             if remote is not None:
                 (ranked, because), served_by = remote, "torchserve"
             elif method == "torchserve":
-                vectors, because = self.cached_vectors(sequence_users, hs, read_at)
+                vectors, because = self._vectors(work, sequence_users, hs)
                 ranked = self._exact(vectors, k, allowed, seen_by_user)
             else:
-                vectors, because = self.cached_vectors(sequence_users, hs, read_at)
+                vectors, because = self._vectors(work, sequence_users, hs)
                 ranked, index_version = self._indexed(method, vectors, k, filters, seen_by_user)
                 served_by = method
             for u, b, (items, scores) in zip(sequence_users, because, ranked):
-                results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
-                                         index_version)
-        responses = {keys[u]: orjson.dumps(results[u].to_dict()) for u in todo}
-        self.cache.set_many(responses, self.ttl, read_at)
-        return [results[u] for u in user_ids]
+                work.results[u] = self._build(u, "sequence", method, served_by, items, scores, self.titles(b),
+                                              index_version)
+        for u in todo:
+            work.writes[work.keys[u]] = orjson.dumps(work.results[u].to_dict())
+
+    def save(self, work: Work) -> None:
+        """Cache what `compute` made (dropped for users whose history changed since `gather` read it)."""
+        self.cache.set_many(work.writes, self.ttl, work.read_at)
+        work.writes = {}
 
     def recommend(self, user_id: int, k: int, method: str = "torchserve", filters: Filters | None = None,
                   exclude_rated: bool = True) -> Recommendation:
@@ -315,5 +388,9 @@ class Recommender:
 
     @staticmethod
     def _response_key(user_id: int, k: int, method: str, f: Filters, exclude_rated: bool) -> str:
-        genres = ",".join(sorted(f.genres))
-        return f"{user_prefix(user_id)}rec:{method}:{k}:{genres}:{f.year_min}:{f.year_max}:{f.min_rating}:{exclude_rated}"
+        """The key of one response: the filters canonical (genres sorted and distinct, numbers as floats),
+        JSON-encoded and hashed, so no two different filters share a key and the key's length is bounded."""
+        canonical = orjson.dumps([sorted(set(f.genres)), f.year_min, f.year_max,
+                                  None if f.min_rating is None else float(f.min_rating)])
+        digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
+        return f"{user_prefix(user_id)}rec:{method}:{k}:{int(exclude_rated)}:{digest}"

@@ -41,9 +41,16 @@ def default_config() -> str:
 # TorchServe settings for the gSASRec model store, in the layout KServe's pytorch runtime reads:
 #   torchserve --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties
 # `movierec serve-model` runs this store on loopback with its own ports (see movierec/serving/torchserve/local.py).
+# Only inference is public (KServe and the API need nothing else). The management API (unregister
+# the model, scale its workers to 0) listens on loopback only: nothing outside the pod can reach it,
+# so token authorization can stay off. Metrics stay on every interface for Prometheus to scrape (read
+# only; keep port 8082 off the Service and let a NetworkPolicy admit only the scraper). gRPC is bound
+# to loopback too. See docs/reliability.md.
 inference_address=http://0.0.0.0:8080
-management_address=http://0.0.0.0:8081
+management_address=http://127.0.0.1:8081
 metrics_address=http://0.0.0.0:8082
+grpc_inference_address=127.0.0.1
+grpc_management_address=127.0.0.1
 metrics_mode=prometheus
 enable_metrics_api=true
 # KServe picks the v1/v2 request envelope through TS_SERVICE_ENVELOPE in the environment

@@ -87,9 +87,10 @@ class ModelServerClient:
         return list(zip(result.items, result.scores)), result.because
 
     def health(self) -> tuple[bool, str]:
-        """(ok, detail): the breaker's state, and TorchServe's /ping when the circuit is closed."""
+        """(ok, detail): TorchServe's /ping when the circuit is closed or its cooldown has passed (the ping is
+        then the probe: a healthy answer closes the circuit), else the breaker's state."""
         where = f"{self.base_url} ({self.protocol})"
-        if self.breaker.state != "closed":
+        if self.breaker.state != "closed" and not self.breaker.allow():
             return False, f"{where}: circuit {self.breaker.state}: {self.breaker.last_error}"
         try:
             response = self.http.get("/ping")
@@ -97,6 +98,10 @@ class ModelServerClient:
         except (httpx.HTTPError, ValueError) as exc:
             self.breaker.failure(f"ping: {type(exc).__name__}: {exc}")
             return False, f"{where}: unreachable ({type(exc).__name__}: {exc}); serving in-process"
+        if status == "Healthy":
+            self.breaker.success()
+        elif self.breaker.state == "half-open":
+            self.breaker.failure(f"ping: {status}")
         return status == "Healthy", f"{where}: {status}"
 
     def close(self) -> None:

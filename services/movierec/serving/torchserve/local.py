@@ -30,6 +30,8 @@ from movierec.serving.torchserve.archive import (
     set_properties,
 )
 
+MANAGEMENT_HOST = "127.0.0.1"
+
 
 class ModelServerError(MovierecError):
     """TorchServe could not be started or did not become ready (the message says why, with its log)."""
@@ -40,17 +42,18 @@ def local_config(store: Path, host: str, ports: tuple[int, int, int], batch_size
     """The store's config.properties with loopback addresses, the local model-store path and optional batching.
 
     gRPC takes the two ports after metrics (inference + 3, + 4): TorchServe always opens its gRPC servers,
-    and at their defaults (7070, 7071) a second server on the same machine would fail to bind.
+    and at their defaults (7070, 7071) a second server on the same machine would fail to bind. The
+    management APIs (HTTP and gRPC) listen on loopback whatever `host` is: they can unregister the model.
     """
     tracked = store / "config" / "config.properties"
     text = tracked.read_text() if tracked.is_file() else default_config()
     inference, management, metrics = ports
     values = {
         "inference_address": f"http://{host}:{inference}",
-        "management_address": f"http://{host}:{management}",
+        "management_address": f"http://{MANAGEMENT_HOST}:{management}",  # never public, whatever `host` is
         "metrics_address": f"http://{host}:{metrics}",
         "grpc_inference_address": host,
-        "grpc_management_address": host,
+        "grpc_management_address": MANAGEMENT_HOST,
         "grpc_inference_port": str(inference + 3),
         "grpc_management_port": str(inference + 4),
         "model_store": str((store / "model-store").resolve()),
@@ -195,6 +198,7 @@ def start_torchserve(
     finally:
         if output is not None:
             output.close()
-    inference, management, metrics = (f"http://{host}:{p}" for p in ports)
+    inference, metrics = f"http://{host}:{ports[0]}", f"http://{host}:{ports[2]}"
+    management = f"http://{MANAGEMENT_HOST}:{ports[1]}"
     return TorchServe(process, inference, management, metrics, run_dir=run_dir, store=store, ports=ports)
 
