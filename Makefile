@@ -4,6 +4,7 @@
 #   make install TORCH=cu126  a CUDA build from PyTorch's index instead (TORCH=cuda: PyPI's CUDA 13 build)
 #   make demo [PORT=8100] [MOVIEREC_HOME=/tmp/x]
 #   make test [STRICT=1]      checks prerequisites, lints (ruff, mypy), runs pytest; STRICT=1 (CI) fails on any missing component
+#   make web                  the web page the API serves at / (Next.js, needs Node >= 20; install and demo build it when Node is there)
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
@@ -19,7 +20,7 @@ STAMP    = $(VENV)/.installed-torch-$(TORCH)
 
 .PHONY: demo test install test-deps check lint clean bench
 
-install: $(STAMP)
+install: $(STAMP) web
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.py
 	@$(PY) scripts/install.py --check-python
@@ -49,11 +50,42 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## test: lint, then the whole test suite (what .ci/run calls, with STRICT=1)
-test: install test-deps check lint
+test: install test-deps check lint web-check
 	@MONGOECO_VENV=$(abspath $(MONGOECO_VENV)) MOVIEREC_DATA=$(DATA) $(if $(STRICT),MOVIEREC_STRICT_TESTS=1) \
 		$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status = 5 ]; then echo "error: pytest collected no tests (PYTEST_ARGS=$(PYTEST_ARGS))" >&2; fi; \
 	exit $$status
+
+## web: the page the API serves at / (Next.js static export into services/web/out). Without Node >= 20 it says
+## so and the API runs without its page (/ explains); STRICT=1 makes that an error (the browser tests need it).
+WEB      = services/web
+NODE_OK := $(shell node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' 2>/dev/null && echo yes)
+WEB_SOURCES = $(shell find $(WEB)/app $(WEB)/components $(WEB)/lib -type f 2>/dev/null) \
+	$(WEB)/package.json $(WEB)/next.config.ts $(WEB)/tsconfig.json
+.PHONY: web web-check
+
+web:
+ifeq ($(NODE_OK),yes)
+	@$(MAKE) --no-print-directory $(WEB)/out/index.html
+else
+	@echo "web: no Node.js >= 20 on PATH ($$(node --version 2>/dev/null || echo none)): the API runs without its page;" \
+		"install Node.js 20 or later, then make web" >&2
+	@$(if $(STRICT),echo "error: STRICT=1: the web page and its browser tests need Node.js >= 20" >&2; exit 2,true)
+endif
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
+	cd $(WEB) && NEXT_TELEMETRY_DISABLED=1 npm ci --no-audit --no-fund
+	@touch $@
+
+$(WEB)/out/index.html: $(WEB)/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd $(WEB) && NEXT_TELEMETRY_DISABLED=1 npm run build
+	@touch $@
+
+## web-check: the page's type check (tsc --noEmit), eslint and unit tests (vitest); part of make test
+web-check: web
+ifeq ($(NODE_OK),yes)
+	cd $(WEB) && NEXT_TELEMETRY_DISABLED=1 npm run --silent check
+endif
 
 bench: install
 	$(BIN)/python bench/train_step.py

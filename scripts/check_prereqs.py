@@ -7,6 +7,8 @@ only warns (the tests that need the component are then skipped); with --strict (
 status 2, before any test runs. Components:
 
 * Java 17 (11 at least): TorchServe's frontend, for tests/test_torchserve.py;
+* Node.js 20 or later: builds the web page (`make web`) that tests/test_web.py loads;
+* Chromium (Debian's package): the browser tests, tests/test_web.py;
 * the MongoDB wire test server's venv (mongoeco, Python >= 3.13; `make test-deps`), or MONGO_TEST_URI;
 * the MovieLens files at ../shared/data beside the repository, or $MOVIEREC_DATA.
 """
@@ -29,6 +31,7 @@ from shared_data import DATA_ROOT  # noqa: E402
 
 DATA_FOLDERS = ("ml-latest-small", "ml-1m-gsasrec", "ml-1m-original/movies.dat")
 JAVA_MIN = 11
+NODE_MIN = 20
 
 
 def java_major() -> int | None:
@@ -47,6 +50,19 @@ def java_major() -> int | None:
     return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
 
 
+def node_major() -> int | None:
+    """The major version of `node` on PATH, or None without one."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        shown = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.match(r"v(\d+)", shown.strip())
+    return int(match.group(1)) if match else None
+
+
 def missing() -> list[str]:
     problems = []
     major = java_major()
@@ -56,6 +72,13 @@ def missing() -> list[str]:
             f"Java 17 for TorchServe's frontend (tests/test_torchserve.py): {found}; "
             "Debian/Ubuntu: apt-get install openjdk-17-jre-headless, macOS: brew install openjdk@17"
         )
+    node = node_major()
+    if node is None or node < NODE_MIN:
+        found = "no node on PATH" if node is None else f"node {node} on PATH"
+        problems.append(f"Node.js {NODE_MIN} or later to build the web page (make web) for tests/test_web.py: {found}; "
+                        "install Node.js 20 or later (its npm comes with it)")
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        problems.append("Chromium for the browser tests (tests/test_web.py): Debian/Ubuntu: apt-get install chromium")
     if not os.environ.get("MONGO_TEST_URI") and installed_python(venv_folder()) is None:
         problems.append(
             f"the MongoDB wire test server ({' '.join(SERVER_PACKAGES)}) at {venv_folder()}: install a Python >= 3.13 "

@@ -71,13 +71,15 @@ def test_prerequisites_are_named_with_how_to_install_them(tmp_path: Path) -> Non
     loose = check_prereqs(tmp_path)
     assert loose.returncode == 0
     lines = loose.stderr.splitlines()
-    assert len([line for line in lines if line.startswith("warning: missing ")]) == 5, loose.stderr
+    assert len([line for line in lines if line.startswith("warning: missing ")]) == 7, loose.stderr
+    assert any("Node.js 20" in line and "make web" in line for line in lines)
+    assert any("Chromium" in line and "apt-get install chromium" in line for line in lines)
     assert any("Java 17" in line and "openjdk-17-jre-headless" in line for line in lines)
     assert any("MongoDB wire test server" in line and "make test-deps" in line for line in lines)
     assert any(str(tmp_path / "no-data" / "ml-latest-small") in line for line in lines)
     strict = check_prereqs(tmp_path, "--strict")
     assert strict.returncode == 2
-    assert strict.stderr.splitlines()[-1] == "error: 5 test prerequisite(s) missing; strict mode (STRICT=1) stops here"
+    assert strict.stderr.splitlines()[-1] == "error: 7 test prerequisite(s) missing; strict mode (STRICT=1) stops here"
 
 
 def test_a_real_mongodb_replaces_the_test_server(tmp_path: Path) -> None:
