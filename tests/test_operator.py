@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +26,12 @@ import kmock
 import kopf
 import pytest
 import pytest_asyncio
+import typer
 import yaml
+from typer.testing import CliRunner
 
+from movierec.cli.index import index_app
+from movierec.index.versions import build_from_model
 from movierec_operator import handlers, jobs
 
 pytestmark = pytest.mark.filterwarnings("ignore:read_binary is deprecated:DeprecationWarning")  # kmock 0.8
@@ -436,3 +444,77 @@ async def test_deleted_build_takes_its_job(cluster: Cluster, operator: Operator)
     await cluster.until(lambda: not cluster.objects(IB))  # no finalizer holds the deletion up
     await cluster.collect_garbage()  # what Kubernetes does with the Job's owner reference
     assert cluster.job_names() == []
+
+
+# -- the command the Job runs: `movierec index build` for real, in a subprocess, on a small trained model --
+
+
+index_cli = typer.Typer()
+index_cli.add_typer(index_app, name="index")
+
+
+def index_build(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    movierec = Path(sys.executable).parent / "movierec"
+    environ = {k: v for k, v in os.environ.items() if k != "QDRANT_HOST"} | (env or {})
+    return subprocess.run([str(movierec), "index", "build", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=environ)
+
+
+def test_build_command_writes_the_result_and_publishes(pattern_model: Path, tmp_path: Path) -> None:
+    out, result = tmp_path / "faiss", tmp_path / "result.json"
+    done = index_build("--model", pattern_model, "--out", out, "--kind", "hnsw", "--hnsw-m", "16",
+                       "--min-recall", "0.5", "--result-file", result)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(result.read_text())
+    assert (out / "CURRENT").read_text().strip() == report["version"] and report["published"] is True
+    assert report["path"] == str(out / report["version"]) and report["kind"] == "faiss-hnsw"
+    assert 0.5 <= report["recall_at_10"] <= 1.0 and report["build_seconds"] >= 0
+    manifest = json.loads((out / report["version"] / "manifest.json").read_text())
+    assert manifest["recall_at_10"] == report["recall_at_10"] and manifest["params"]["hnsw_m"] == 16
+
+    flat = index_build("--model", pattern_model, "--out", out, "--kind", "flat", "--no-publish", "--result-file", result)
+    assert flat.returncode == 0, flat.stderr
+    unpublished = json.loads(result.read_text())
+    assert unpublished["recall_at_10"] == 1.0 and unpublished["published"] is False  # exact search finds itself
+    assert (out / "CURRENT").read_text().strip() == report["version"]  # --no-publish: CURRENT unchanged
+
+
+def test_build_command_below_min_recall_keeps_the_old_current(pattern_model: Path, tmp_path: Path) -> None:
+    out, result = tmp_path / "faiss", tmp_path / "result.json"
+    build_from_model(pattern_model, out, "flat")
+    current = (out / "CURRENT").read_text()
+    # a starved IVF index (one list probed of many) cannot find everything exact search finds
+    done = index_build("--model", pattern_model, "--out", out, "--kind", "ivf", "--ivf-lists", "16",
+                       "--ivf-probe", "1", "--min-recall", "0.999", "--result-file", result)
+    assert done.returncode == jobs.PERMANENT_EXIT  # the Job's podFailurePolicy fails at once, no retry
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # FAISS may warn too
+    assert "recall@10" in line and "below --min-recall 0.999" in line and "Traceback" not in done.stderr
+    report = json.loads(result.read_text())
+    assert report["recall_at_10"] < 0.999 and report["published"] is False and "error" in report
+    assert (out / "CURRENT").read_text() == current
+    assert (out / report["version"] / "manifest.json").is_file()  # kept for inspection, not served
+    # and the operator reads that result file as the reason
+    outcome = jobs.job_outcome({"metadata": {"name": "j"}, "spec": {}, "status": {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}, result.read_text())
+    assert outcome.phase == "Failed" and "below --min-recall" in outcome.message
+
+
+def test_build_command_refuses_a_corrupt_or_unexpected_artifact(pattern_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(pattern_model, model)
+    result = tmp_path / "result.json"
+    wrong = CliRunner().invoke(index_cli, ["index", "build", "--model", str(model), "--out", str(tmp_path / "faiss"),
+                                           "--expected-sha256", "0" * 64, "--result-file", str(result)])
+    assert wrong.exit_code == jobs.PERMANENT_EXIT and "sha256" in wrong.output
+    assert "sha256" in json.loads(result.read_text())["error"]
+    with open(model / "model.pt", "r+b") as f:
+        f.seek(100)
+        f.write(b"corrupt!")
+    corrupt = index_build("--model", model, "--out", tmp_path / "faiss")
+    assert corrupt.returncode == jobs.PERMANENT_EXIT
+    (line,) = corrupt.stderr.strip().splitlines()
+    assert "model.pt" in line and "Traceback" not in corrupt.stderr
+    assert not (tmp_path / "faiss" / "CURRENT").exists()
+    no_qdrant = CliRunner().invoke(index_cli, ["index", "build", "--model", str(pattern_model), "--out",
+                                               str(tmp_path / "faiss"), "--qdrant-sync"], env={"QDRANT_HOST": ""})
+    assert no_qdrant.exit_code == 2 and "QDRANT_HOST" in no_qdrant.output

@@ -18,18 +18,23 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
+from movierec.errors import MovierecError
 from movierec.index.base import Filters, Hits, IndexFileError, ItemAttributes, content_version, item_vectors
 from movierec.index.faiss_index import FaissIndex, FaissParams, Method, build_faiss_index, read_faiss_index
 from movierec.model.artifact import ArtifactError, load_artifact, sha256_file
+from movierec.model.gsasrec import GSASRec
+from movierec.model.padding import pad_histories
 
 FORMAT = "movierec-index/1"
 INDEX_FILE, ITEMS_FILE, MANIFEST_FILE, CURRENT_FILE = "index.faiss", "items.parquet", "manifest.json", "CURRENT"
@@ -39,17 +44,114 @@ def build_from_model(
     model_dir: str | Path, out: str | Path, method: Method = "flat", params: FaissParams | None = None
 ) -> str:
     """Index a model artifact's output item embeddings into a new version under `out` and make it current."""
+    return build_model_index(model_dir, out, method, params).version
+
+
+RECALL_K = 10
+
+
+class RecallTooLow(MovierecError):
+    """A new index version finds too few of the exact top-10: it was written but not made CURRENT."""
+
+    def __init__(self, message: str, report: BuildReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What `build_model_index` did: the `--result-file` of `movierec index build` (and an IndexBuild's status)."""
+
+    version: str
+    path: str
+    kind: str
+    count: int
+    dim: int
+    build_seconds: float
+    recall_at_10: float | None
+    published: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_model_index(
+    model_dir: str | Path,
+    out: str | Path,
+    method: Method = "flat",
+    params: FaissParams | None = None,
+    *,
+    min_recall: float = 0.0,
+    publish: bool = True,
+    expected_sha256: str | None = None,
+    recall_users: int = 1000,
+    seed: int = 0,
+) -> BuildReport:
+    """Build a new version from a model artifact, measure its recall@10, and make it CURRENT if it is good enough.
+
+    Recall@10 is measured against exact inner-product search over the same vectors, for `recall_users`
+    user vectors the model computes from seeded random histories (items drawn by popularity when the
+    item map has rating counts). It is written to the version's manifest. A version below `min_recall`
+    stays on disk, unpublished, and RecallTooLow is raised; with `publish=False` CURRENT is never moved.
+    """
     artifact = load_artifact(model_dir)
+    model_sha256 = artifact.manifest["files"]["model.pt"]
+    if expected_sha256 and model_sha256 != expected_sha256.lower():
+        raise ArtifactError(f"{Path(model_dir) / 'model.pt'}: sha256 {model_sha256[:16]}..., expected "
+                            f"{expected_sha256[:16]}... (not the artifact asked for)")
     source = {
         "model_path": str(Path(model_dir).resolve()),
-        "model_sha256": artifact.manifest["files"]["model.pt"],
+        "model_sha256": model_sha256,
         "model_created": artifact.manifest.get("created"),
     }
     try:
         catalog = ItemAttributes(artifact.items)
     except ValueError as exc:
         raise ArtifactError(f"{Path(model_dir) / 'item_map.parquet'}: {exc}") from None
-    return write_version(out, item_vectors(artifact.model), catalog, method, params, source)
+    queries = sample_user_vectors(artifact.model, artifact.items, recall_users, seed) if recall_users else None
+    version = write_version(out, item_vectors(artifact.model), catalog, method, params, source,
+                            publish=False, recall_queries=queries)
+    manifest = read_manifest(Path(out) / version)
+    recall = manifest.get("recall_at_10")
+    report = BuildReport(version=version, path=str(Path(out) / version), kind=manifest["kind"], count=manifest["count"],
+                         dim=manifest["dim"], build_seconds=manifest["build_seconds"], recall_at_10=recall,
+                         published=False)
+    if recall is not None and recall < min_recall:
+        raise RecallTooLow(f"{report.path}: recall@10 {recall:.4f} is below --min-recall {min_recall:g}; "
+                           f"not published (CURRENT unchanged)", report)
+    if publish:
+        set_current(out, version)
+        report = replace(report, published=True)
+    return report
+
+
+def sample_user_vectors(model: GSASRec, items: pa.Table, users: int, seed: int = 0) -> np.ndarray:
+    """[users, dim] user vectors of seeded random histories (3 to seq_len items, drawn by popularity if known)."""
+    rng = np.random.default_rng(seed)
+    num_items = int(model.output_embeddings.shape[0]) - 1
+    weights = None
+    if "rating_count" in items.column_names and len(items) == num_items:
+        counts = np.nan_to_num(items.column("rating_count").to_numpy(zero_copy_only=False).astype(np.float64)) + 1.0
+        weights = counts / counts.sum()
+    lengths = rng.integers(3, max(4, model.cfg.seq_len + 1), size=users)
+    histories = [rng.choice(num_items, size=int(n), p=weights) + 1 for n in lengths]
+    model.eval()
+    vectors: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, users, 256):
+            batch = torch.from_numpy(pad_histories(histories[start:start + 256], model.cfg.seq_len))
+            device = model.output_embeddings.device
+            vectors.append(model.user_vectors(batch.to(device)).float().cpu().numpy())
+    return np.ascontiguousarray(np.concatenate(vectors), dtype=np.float32)
+
+
+def recall_at_k(index: FaissIndex, vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
+    """Mean share of the exact top-k (inner product over `vectors`) that `index` returns for `queries`."""
+    k = min(k, len(vectors))
+    scores = queries @ vectors.T
+    exact = np.argpartition(-scores, k - 1, axis=1)[:, :k] + 1  # item_idx = row + 1
+    found = index.search(queries, k)
+    return float(np.mean([len(np.intersect1d(hits.items, row)) / k for hits, row in zip(found, exact)]))
 
 
 def write_version(
@@ -59,8 +161,15 @@ def write_version(
     method: Method = "flat",
     params: FaissParams | None = None,
     source: dict[str, Any] | None = None,
+    *,
+    publish: bool = True,
+    recall_queries: np.ndarray | None = None,
 ) -> str:
-    """Build a FAISS index of `vectors`, write it as out/<version>/, point out/CURRENT at it; returns the version."""
+    """Build a FAISS index of `vectors`, write it as out/<version>/, point out/CURRENT at it; returns the version.
+
+    With `recall_queries`, the manifest records recall@10 against exact search for them; with
+    `publish=False`, CURRENT is left alone.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     params = params or FaissParams()
@@ -69,6 +178,7 @@ def write_version(
     start = time.perf_counter()
     index = build_faiss_index(vectors, catalog, method, params, version)
     build_seconds = time.perf_counter() - start
+    recall = None if recall_queries is None else round(recall_at_k(index, vectors, recall_queries), 4)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=out))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; servers may run as another user
@@ -82,6 +192,7 @@ def write_version(
             "count": index.size,
             "source": source,
             "build_seconds": round(build_seconds, 3),
+            "recall_at_10": recall,
             "created": created.isoformat(timespec="seconds"),
             "versions": {"faiss": faiss.__version__},
         })  # fmt: skip
@@ -89,7 +200,8 @@ def write_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    set_current(out, version)
+    if publish:
+        set_current(out, version)
     return version
 
 
