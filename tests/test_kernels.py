@@ -7,7 +7,11 @@ order them). The API shows the choice in /stats and /metrics, and SCORING_KERNEL
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +273,39 @@ def test_the_api_shows_the_kernel_in_stats_and_metrics(home: Path, kernel: str) 
     assert scoring["forced"] is (kernel != "auto")
     for bucket in kernels.BUCKETS:
         assert f'movierec_scoring_kernel_info{{batch="{bucket}",kernel="{expected}"}} 1.0' in metrics
+
+
+SATURATION_CHECK = """
+import json, sys
+import numpy as np, torch
+from movierec.serving import kernels
+generator = torch.Generator().manual_seed(0)
+weights = torch.randn(20_001, 128, generator=generator) * 0.05
+matrix = kernels.ItemMatrix.of(weights)
+try:
+    kernels.Int8Torch(matrix)
+    refused = None
+except kernels.ScoringKernelError as exc:
+    refused = str(exc)
+plan = kernels.calibrate(matrix, kernels.KERNELS, budget_seconds=30)
+vectors = torch.randn(64, 128, generator=generator) * 3
+exact = (vectors.double() @ weights.double().T)
+exact[:, 0] = -np.inf
+expected = torch.topk(exact, 10, dim=1).indices.tolist()
+got = [items.tolist() for items, _ in plan.kernel_for(64).top_k(vectors, 10, None, ())]
+print(json.dumps({"refused": refused, "chosen": sorted(set(plan.by_bucket.values())), "exact": got == expected,
+                  "capability": torch.backends.cpu.get_cpu_capability()}))
+"""
+
+
+def test_under_forced_avx2_dispatch_a_saturating_int8_gemm_is_refused_and_ranking_stays_exact() -> None:
+    # oneDNN's AVX2 int8 GEMM (no VNNI) multiplies in saturating int16: 127 * 127 * 128 comes out 16,320
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "FAISS_OPT_LEVEL": "avx2"}
+    out = subprocess.run([sys.executable, "-c", SATURATION_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["capability"] == "AVX2"
+    assert result["exact"]
+    if result["refused"] is not None:
+        assert "not exact" in result["refused"] and "int8-torch" not in result["chosen"]

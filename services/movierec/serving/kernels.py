@@ -50,7 +50,7 @@ BUCKETS = (1, 4, 16, 64)  # batch sizes timed; n users use the first bucket >= n
 MIN_ITEMS = 16_384  # below this the fp32 scan is cheap: no calibration, fp32 for every batch
 CALIBRATION_K = 10
 CALIBRATION_EXCLUDED = 100  # items excluded per calibration user, like a history of that length
-TIMED_RUNS = 3  # after one untimed run that also checks the ranking
+TIMED_RUNS = 5  # after one untimed run that also checks the ranking
 PRUNE_FACTOR = 4.0  # a kernel this much slower than the best of a bucket is not timed again there
 FP32_U = 2.0 ** -24  # unit roundoff of float32
 FP16_U = 2.0 ** -11  # and of float16
@@ -187,11 +187,12 @@ class TwoPass(Kernel):
 class Int8Torch(TwoPass):
     """torch._int_mm of int8 user codes and int8 item codes (w_j ~ scale_j * codes_j, symmetric, per item).
 
-    Each user vector v gets its own scale: v ~ v' = step * q. The int32 products are exact and
-    convert to fp32 exactly (|q.c| <= 127^2 d < 2^24 for d <= 1040); the two scalings round twice:
-    2.0001 u |v'.w'_j| <= 2.0001 u |v'| W'. And v.w - v'.w' = (v - v').w + v'.(w - w'), so by
-    Cauchy-Schwarz e = |v - v'| M + |v'| R + 2.0001 u |v'| W', with R = max_j |w_j - w'_j|,
-    W' = max_j |w'_j| (every norm in float64 from the stored values, rounded up).
+    Each user vector v gets its own scale: v ~ v' = step * q. The int32 products are exact (when
+    the GEMM sums in int32: `check_exact` refuses a saturating one) and convert to fp32 exactly
+    (|q.c| <= 127^2 d < 2^24 for d <= 1040); the two scalings round twice: 2.0001 u |v'.w'_j| <=
+    2.0001 u |v'| W'. And v.w - v'.w' = (v - v').w + v'.(w - w'), so by Cauchy-Schwarz
+    e = |v - v'| M + |v'| R + 2.0001 u |v'| W', with R = max_j |w_j - w'_j|, W' = max_j |w'_j|
+    (`residual_bound`: fp32 norms, rounded up).
     """
 
     name = "int8-torch"
@@ -203,17 +204,44 @@ class Int8Torch(TwoPass):
         weights = matrix.weights
         scales = weights.abs().amax(1).clamp_min(1e-30) / 127
         codes = torch.round(weights / scales[:, None]).clamp_(-127, 127)
-        try:
-            torch._int_mm(codes[:1].to(torch.int8), codes[:1].to(torch.int8).T)
-        except (RuntimeError, AttributeError) as exc:
-            raise ScoringKernelError(f"int8-torch: this torch build has no CPU int8 GEMM ({exc})") from None
+        self.exact_rows: set[int] = set()
+        for rows in (1, 2, 4, 16, 17, 64, 65, 256):
+            self.check_exact(rows)
         self.codes_t = codes.to(torch.int8).T  # [d, N] view of the [N, d] codes
         self.scales = scales
         dequantized = codes.mul_(scales[:, None])
         self.max_residual = residual_bound(weights, dequantized, matrix.max_norm)
         self.max_quantized = float(dequantized.norm(dim=1).max()) * (1 + 1e-5) + 8 * FP32_U * matrix.max_norm
 
+    def check_exact(self, rows: int) -> None:
+        """ScoringKernelError unless torch._int_mm sums exactly in int32 for `rows` users (checked once per count).
+
+        The proof needs exact products. Without VNNI, int8 GEMMs may multiply in saturating int16
+        (AVX2 vpmaddubsw): 127 * 127 * 128 comes out as 16,320. Extreme codes show it.
+        """
+        if rows in self.exact_rows:
+            return
+        users = torch.full((rows, self.matrix.dim), 127, dtype=torch.int8)
+        users[1::2] = -127
+        users[2::3, ::2] = -127
+        items = torch.full((self.matrix.dim, 8), 127, dtype=torch.int8)
+        items[:, 1::2] = -127
+        items[::2, 2::4] = 127
+        items[1::2, 2::4] = -127
+        try:
+            got = torch._int_mm(users, items)
+        except (RuntimeError, AttributeError) as exc:
+            raise ScoringKernelError(f"int8-torch: this torch build has no CPU int8 GEMM ({exc})") from None
+        want = users.long() @ items.long()
+        if not torch.equal(got.long(), want):
+            row, col = (got.long() != want).nonzero()[0].tolist()
+            cpu = torch.backends.cpu.get_cpu_capability()
+            raise ScoringKernelError(f"int8-torch: torch._int_mm is not exact on this CPU ({cpu}, {rows} rows: "
+                                     f"{int(got[row, col])} for {int(want[row, col])}; saturating int16 products?)")
+        self.exact_rows.add(rows)
+
     def approx(self, vectors):
+        self.check_exact(len(vectors))
         step = vectors.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127
         codes = torch.round(vectors / step).clamp_(-127, 127)
         approx = torch._int_mm(codes.to(torch.int8), self.codes_t).float().mul_(self.scales).mul_(step)
@@ -342,9 +370,23 @@ class FaissSq8Direct(FaissScan):
         super().__init__(matrix)
         weights = matrix.weights
         self.scale = float(weights.abs().max()) / 127 or 1.0
+        self.check_exact()
         codes = torch.round(weights / self.scale).clamp_(-127, 127)
         self.index.add(codes.numpy())
         self.max_residual = residual_bound(weights, codes.mul_(self.scale), matrix.max_norm)
+
+    def check_exact(self) -> None:
+        """ScoringKernelError unless this FAISS build scans QT_8bit_direct_signed with exact integer sums."""
+        d = self.matrix.dim
+        codes = np.full((8, d), 127, np.float32)
+        codes[1::2] = -127
+        codes[2::4, ::2] = -127
+        probe = self.faiss.IndexScalarQuantizer(d, self.index.sq.qtype, self.faiss.METRIC_INNER_PRODUCT)
+        probe.add(codes)
+        found, labels = probe.search(codes, len(codes))
+        want = codes.astype(np.float64) @ codes.T.astype(np.float64)
+        if not all(np.array_equal(found[u], want[u, labels[u]]) for u in range(len(codes))):
+            raise ScoringKernelError(f"{self.name}: this FAISS build does not scan int8 codes exactly")
 
     def queries(self, vectors):
         v = vectors.detach().double().numpy()
@@ -452,11 +494,12 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
 
     Buckets from the smallest (batches of one user matter most), kernels in the order of `names`
     (fp32 first: its first run of a bucket is the reference ranking); a kernel is built when first
-    needed. Its first run of a bucket is untimed (one-time costs land there) and checks the ranking against fp32; up to
-    TIMED_RUNS timed runs follow, interleaved across kernels (load from other processes hits them
-    alike), the best one kept. A kernel PRUNE_FACTOR times slower than the best of a bucket is not
-    timed there again, one that fails or ranks wrongly never serves. Past `budget_seconds` nothing
-    more is built or timed: a bucket is served by the fastest kernel timed in it (fp32 when none was).
+    needed. Its first run of a bucket checks the ranking against fp32 (one-time costs land there);
+    up to TIMED_RUNS timed runs follow, interleaved across kernels (load from other processes hits
+    them alike), the best one kept. A kernel PRUNE_FACTOR times slower than the best of a bucket is
+    not timed there again; one that fails or ranks wrongly never serves. Past `budget_seconds`
+    nothing more is built or run: a bucket is served by the fastest kernel measured in it (by its
+    checking run when no timed run fit), else by the choice of the bucket below.
     """
     start = time.perf_counter()
     names = ["fp32", *(n for n in names if n != "fp32")]
@@ -466,6 +509,7 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
     expected: dict[int, Ranked] = {}
     checked: set[tuple[str, int]] = set()
     pruned: set[tuple[str, int]] = set()
+    untimed: dict[str, dict[int, float]] = {}
     timed_out = False
     for b in BUCKETS:
         vectors, exclude = calibration_batch(matrix, b)
@@ -490,11 +534,15 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
                         expected[b] = ranked
                     elif not same_ranking(ranked, expected[b]):
                         failed[name] = f"ranked {b} calibration users unlike fp32"
+                    untimed.setdefault(name, {})[b] = elapsed  # stands in if the budget allows no timed run
                     continue
                 row = ms.setdefault(name, {})
                 row[b] = min(row.get(b, np.inf), elapsed)
                 if row[b] > PRUNE_FACTOR * min(r[b] for n, r in ms.items() if b in r and n not in failed):
                     pruned.add((name, b))
+    for name, row in untimed.items():
+        for b, elapsed in row.items():
+            ms.setdefault(name, {}).setdefault(b, elapsed)
     by_bucket: dict[int, str] = {}
     for b in BUCKETS:  # a bucket nothing was timed in (budget) takes the choice of the one below
         timed = {name: row[b] for name, row in ms.items() if b in row and name not in failed}
