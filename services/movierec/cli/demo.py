@@ -152,7 +152,18 @@ def demo(
 
         out.rule("[bold]7. API")
         out.print(CURL.format(port=port, user=user_id, movie=top, ct="-H 'content-type: application/json'"))
+        out.print(web_page_line(port))
         serve_api(home=home, host="127.0.0.1", port=port, workers=1)
+
+
+def web_page_line(port: int) -> str:
+    """Where the web page is, or why there is none (it is built by `make web` where Node.js >= 20 is)."""
+    from movierec.settings import Settings
+
+    if (Settings().web_path / "index.html").is_file():
+        return f"[bold]Web page: http://localhost:{port}/[/bold] (pick a user, rate movies, watch the list change)"
+    return ("No web page: it is built by `make web`, which needs Node.js 20 or later; "
+            f"http://localhost:{port}/ says how, and the API runs without it.")
 
 
 CURL = """API on http://localhost:{port} (OpenAPI: http://localhost:{port}/docs). Try:

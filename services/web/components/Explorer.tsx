@@ -145,7 +145,7 @@ export function Explorer() {
           )}
           <PopularList genres={user?.isNew ? starterGenres : form.genres} limit={user?.isNew ? 8 : 10}
             heading={user?.isNew ? "Popular picks: rate a few you like" : "Popular movies"}
-            canRate={user !== null} onOpen={setOpened} onRate={rate} tick={tick} />
+            canRate={user?.isNew ?? false} onOpen={setOpened} onRate={rate} tick={tick} />
         </aside>
       </main>
     </>
