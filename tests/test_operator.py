@@ -38,6 +38,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:read_binary is deprecated:Deprec
 REPO = Path(__file__).resolve().parents[1]
 CRD = yaml.safe_load((REPO / "manifests" / "crds" / "indexbuilds.movierec.io.yaml").read_text())
 NS = "movierec"
+TEST_AGENT = "movierec-tests"  # the test's own requests (playing Kubernetes' controllers), not the operator's
 IB = kmock.resource("movierec.io", "v1alpha1", "indexbuilds")
 JOBS = kmock.resource("batch", "v1", "jobs")
 PODS = kmock.resource("", "v1", "pods")
@@ -278,23 +279,24 @@ async def cluster(kmock: kmock.KubernetesEmulator, tmp_path: Path,
     monkeypatch.setenv("OPERATOR_IMAGE", DEFAULTS.image)
     monkeypatch.setenv("OPERATOR_PENDING_SECONDS", "0.5")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    async with aiohttp.ClientSession(base_url=str(kmock.url)) as session:
+    async with aiohttp.ClientSession(base_url=str(kmock.url), headers={"User-Agent": TEST_AGENT}) as session:
         yield Cluster(kmock, session)
 
 
 class Operator:
     """The real operator in a thread of its own with its own event loop (as `movierec-operator` runs it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, health_port: int) -> None:
         self.thread: threading.Thread | None = None
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
+        self.health_url = f"http://127.0.0.1:{health_port}/healthz"
 
     def _run(self, ready: threading.Event) -> None:
         try:
             asyncio.run(kopf.operator(registry=kopf.get_default_registry(), standalone=True,
                                       clusterwide=True,  # kmock 0.8 cannot list namespaces
-                                      stop_flag=self.stop_flag, ready_flag=ready))
+                                      liveness_endpoint=self.health_url, stop_flag=self.stop_flag, ready_flag=ready))
         except BaseException as exc:  # reported by stop()
             self.error = exc
 
@@ -314,8 +316,8 @@ class Operator:
 
 
 @pytest_asyncio.fixture
-async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
-    running = Operator()
+async def operator(cluster: Cluster, unused_tcp_port: int) -> AsyncIterator[Operator]:
+    running = Operator(unused_tcp_port)
     await running.start()
     try:
         yield running
@@ -444,6 +446,65 @@ async def test_deleted_build_takes_its_job(cluster: Cluster, operator: Operator)
     await cluster.until(lambda: not cluster.objects(IB))  # no finalizer holds the deletion up
     await cluster.collect_garbage()  # what Kubernetes does with the Job's owner reference
     assert cluster.job_names() == []
+
+
+VERBS = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.action.FETCH: "get",
+         kmock.action.CREATE: "create", kmock.action.DELETE: "delete"}
+
+
+def granted(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+               for rule in rules)
+
+
+@pytest.mark.asyncio
+async def test_role_grants_every_call_the_operator_makes(cluster: Cluster, operator: Operator) -> None:
+    """manifests/operator/rbac.yaml against the calls of a whole lifecycle: least privilege that works."""
+    await cluster.create_build("audited", SPEC)
+    await cluster.until(lambda: cluster.job_names() == ["audited-g1"])
+    await cluster.end_pod("audited-g1", 1, 0, json.dumps(RESULT))
+    await cluster.job_status("audited-g1", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    await cluster.until(lambda: cluster.phase("audited") == "Succeeded")
+    await cluster.change_spec("audited", {"index": {"kind": "flat"}})
+    await cluster.until(lambda: cluster.job_names() == ["audited-g2"])
+    await cluster.until(lambda: cluster.events("Superseded"))
+    await operator.stop()
+
+    (role,) = [doc for doc in yaml.safe_load_all((REPO / "manifests/operator/rbac.yaml").read_text())
+               if doc["kind"] == "Role"]
+    calls = set()
+    for request in cluster.server:
+        if request.headers.get("User-Agent") == TEST_AGENT or request.resource is None or not request.resource.plural:
+            continue  # the test's own calls; API discovery (allowed to every authenticated client)
+        if (request.resource.group, request.resource.plural) == ("apiextensions.k8s.io", "customresourcedefinitions"):
+            continue  # Kopf watches CRDs when it may and carries on without (it runs namespaced in the cluster)
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        verb = VERBS.get(request.action) or request.method.value.lower()
+        calls.add((request.resource.group, resource, verb))
+    assert ("batch", "jobs", "create") in calls and ("movierec.io", "indexbuilds/status", "patch") in calls
+    missing = sorted(call for call in calls if not granted(role["rules"], *call))
+    assert not missing, f"the Role does not grant {missing}"
+
+
+@pytest.mark.asyncio
+async def test_liveness_endpoint_reports_the_api_server(cluster: Cluster, operator: Operator) -> None:
+    async def probe() -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(operator.health_url) as response:
+            return response.status, await response.json()
+
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:  # the endpoint starts beside the operator's other tasks, soon after it is ready
+        try:
+            status, body = await probe()
+            break
+        except aiohttp.ClientConnectionError:
+            assert asyncio.get_running_loop().time() < deadline, f"nothing listens on {operator.health_url}"
+            await asyncio.sleep(0.1)
+    assert status == 200 and body["api"] == "ok"
+    probes = [r for r in cluster.server[kmock.action.LIST, IB] if r.headers.get("User-Agent") != TEST_AGENT
+              and r.params.get("limit") == "1"]
+    assert probes  # the probe listed IndexBuilds on the API server
 
 
 # -- the command the Job runs: `movierec index build` for real, in a subprocess, on a small trained model --

@@ -91,8 +91,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.probe(id="api")
 def api_reachable(**_: Any) -> str:
-    """Part of /healthz: the API server answers (the liveness probe restarts an operator cut off from it)."""
-    return str(kubernetes.client.VersionApi(clients().batch.api_client).get_code().git_version)
+    """Part of /healthz: IndexBuilds can be listed (API server up, CRD installed, rights granted), else it fails."""
+    namespace = settings().operator_namespace
+    if namespace:
+        clients().custom.list_namespaced_custom_object(*RESOURCE[:2], namespace, RESOURCE[2], limit=1)
+    else:
+        clients().custom.list_cluster_custom_object(*RESOURCE, limit=1)
+    return "ok"
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
