@@ -78,6 +78,28 @@ def build_home(home: Path, seed: int = 0) -> None:
     build_from_model(home / "model", home / "index" / "faiss")
 
 
+DISPATCH = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "FAISS_OPT_LEVEL": "avx2"},
+}
+
+
+def scoring_summary(url: str) -> str:
+    """The API's first-pass kernel per batch-size bucket, from /stats: `1: faiss-sq8-direct, 4-64: int8-torch`."""
+    import httpx
+
+    scoring = httpx.get(f"{url}/stats", timeout=30).json().get("scoring") or {}
+    by_batch = scoring.get("by_batch") or {}
+    spans: list[list] = []  # [first, last, kernel]
+    for batch, kernel in by_batch.items():
+        if spans and spans[-1][2] == kernel:
+            spans[-1][1] = batch
+        else:
+            spans.append([batch, batch, kernel])
+    text = ", ".join(f"{a}{'' if a == b else '-' + b}: {k}" for a, b, k in spans) or "?"
+    return text + (" (forced)" if scoring.get("forced") else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -310,6 +332,12 @@ def main() -> None:
                         help="torchserve-remote starts TorchServe (needs java) and adds the direct-batch rows")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per measurement; the table shows the median of each figure")
+    parser.add_argument("--kernels", default="auto",
+                        help="SCORING_KERNEL values, comma-separated: the in-process rows once per kernel "
+                        "(e.g. auto,int8-torch: the measured choice beside the old int8 first pass)")
+    parser.add_argument("--dispatch", default="native",
+                        help="native and/or avx2 (comma-separated): avx2 starts the API with torch, oneDNN and "
+                        "FAISS forced to their AVX2 code, the paths of an AVX2-only CPU")
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -319,6 +347,13 @@ def main() -> None:
 
     global REPEAT
     REPEAT = max(1, args.repeat)
+    from movierec.serving.kernels import KERNELS
+
+    for option, given, known in (("--dispatch", args.dispatch, DISPATCH), ("--kernels", args.kernels,
+                                                                         ("auto", *KERNELS))):
+        unknown = [v for v in given.split(",") if v not in known]
+        if unknown:
+            raise SystemExit(f"{option}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     build_home(args.home)
     redis = None
     if args.workers > 1:  # production shape: the workers share a Redis cache
@@ -327,21 +362,27 @@ def main() -> None:
         redis = ValkeyServer()
         redis.start()
         os.environ.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis.port))
-    port = free_port()
-    api = start_api(args.home, port, args.workers)
-    url = f"http://127.0.0.1:{port}"
-    results = {}
+    results: dict[str, tuple[dict, dict]] = {}
+    kernel_of: dict[str, str] = {}  # row -> the first-pass kernel the API used (from /stats)
     names = [n for n in args.scenarios.split(",")
              if n in SCENARIOS and not n.startswith(("direct-", "torchserve-")) and n != "faiss-hnsw"]
-    try:
-        for name in names:
-            print(f"{name} ...", file=sys.stderr)
-            alone = run_load(url, name, args.seconds, 1)
-            loaded = alone if name == "batch100" else run_load(url, name, args.seconds, args.concurrency)
-            results[name] = (alone, loaded)
-    finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        api.wait(timeout=30)
+    variants = [(d, k) for d in args.dispatch.split(",") for k in args.kernels.split(",")] if names else []
+    for dispatch, kernel in variants:
+        port = free_port()
+        api = start_api(args.home, port, args.workers, {"SCORING_KERNEL": kernel, **DISPATCH[dispatch]})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            used = scoring_summary(url)
+            for name in names:
+                row = name if len(variants) == 1 else f"{name} [{kernel}, {dispatch}]"
+                print(f"{row} ...", file=sys.stderr)
+                alone = run_load(url, name, args.seconds, 1)
+                loaded = alone if name == "batch100" else run_load(url, name, args.seconds, args.concurrency)
+                results[row] = (alone, loaded)
+                kernel_of[row] = used if name not in ("faiss", "cached") else f"– ({used})"
+        finally:
+            os.killpg(api.pid, signal.SIGTERM)
+            api.wait(timeout=30)
     if "faiss-hnsw" in args.scenarios.split(","):
         results["faiss-hnsw"] = hnsw_rows(args.home, args.workers, args.seconds, args.concurrency)
     try:
@@ -357,15 +398,22 @@ def main() -> None:
           f"{args.seconds:.0f} s per run, median of {REPEAT} run(s); {ITEMS:,} movies, {USERS:,} users")
     print()
     n = args.concurrency
-    print(f"| scenario | target | p50 ms (1 client) | p99 ms (1 client) | req/s ({n} clients) | "
-          f"p50 / p99 ms ({n} clients) | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, (alone, loaded) in results.items():
+    print(f"| scenario | target | exact top-k kernel (users per batch: kernel) | p50 ms (1 client) | "
+          f"p99 ms (1 client) | req/s ({n} clients) | p50 / p99 ms ({n} clients) | errors |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for row, (alone, loaded) in results.items():
+        name, _, variant = row.partition(" [")
         label, target = SCENARIOS[name]
+        label += f" [{variant}" if variant else ""
         under_load = "–" if loaded is alone else f"{loaded['p50']:.1f} / {loaded['p99']:.1f}"
         throughput = f"{alone['rps']:,.1f}" if loaded is alone else f"{loaded['rps']:,.0f}"
-        print(f"| {label} | {target} | {alone['p50']:.1f} | {alone['p99']:.1f} | {throughput} | {under_load} | "
+        print(f"| {label} | {target} | {kernel_of.get(row, 'TorchServe: auto')} | {alone['p50']:.1f} | "
+              f"{alone['p99']:.1f} | {throughput} | {under_load} | "
               f"{alone['errors'] + (0 if loaded is alone else loaded['errors'])} |")
+    if kernel_of:
+        print()
+        print("Kernel column: what /stats said the API's exact top-k used per batch size (`– (...)`: the row does "
+              "not rank with it). Dispatch avx2: " + " ".join(f"{k}={v}" for k, v in DISPATCH["avx2"].items()) + ".")
     print()
     print("Published figures of the design this replaces: TorchServe 50 ms / 20 QPS, FAISS 15 ms / 66 QPS, "
           "Qdrant 25 ms / 40 QPS, MongoDB 5 ms / 200 QPS, Redis 1 ms / 1,000 QPS.")

@@ -293,8 +293,10 @@ exact = (vectors.double() @ weights.double().T)
 exact[:, 0] = -np.inf
 expected = torch.topk(exact, 10, dim=1).indices.tolist()
 got = [items.tolist() for items, _ in plan.kernel_for(64).top_k(vectors, 10, None, ())]
+forced = kernels.make_plan(matrix, kernels.Policy("int8-torch", 30))
 print(json.dumps({"refused": refused, "chosen": sorted(set(plan.by_bucket.values())), "exact": got == expected,
-                  "capability": torch.backends.cpu.get_cpu_capability()}))
+                  "capability": torch.backends.cpu.get_cpu_capability(), "forced": forced.forced,
+                  "forced_failed": sorted(forced.failed), "forced_reason": forced.reason}))
 """
 
 
@@ -309,3 +311,6 @@ def test_under_forced_avx2_dispatch_a_saturating_int8_gemm_is_refused_and_rankin
     assert result["exact"]
     if result["refused"] is not None:
         assert "not exact" in result["refused"] and "int8-torch" not in result["chosen"]
+        # forcing it anyway serves with the measured choice and says why (the API keeps starting)
+        assert not result["forced"] and "int8-torch" in result["forced_failed"]
+        assert result["forced_reason"].startswith("SCORING_KERNEL=int8-torch refused")

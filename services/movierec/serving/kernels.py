@@ -603,15 +603,24 @@ def plan_for(weights: torch.Tensor) -> Plan:
 
 
 def make_plan(matrix: ItemMatrix, policy: Policy) -> Plan:
+    """The forced kernel, else (or when the forced one cannot run here: logged, in `failed`) the measured choice."""
     if policy.kernel != "auto":
-        plan = forced_plan(matrix, policy.kernel)
-    elif matrix.num_items < MIN_ITEMS:
-        plan = Plan({"fp32": Fp32(matrix)}, dict.fromkeys(BUCKETS, "fp32"),
+        try:
+            return logged(matrix, forced_plan(matrix, policy.kernel))
+        except ScoringKernelError as exc:  # serve anyway, with the measured choice, and say why
+            log.error("SCORING_KERNEL=%s cannot run here, choosing by measurement instead: %s", policy.kernel, exc)
+            plan = make_plan(matrix, Policy("auto", policy.budget_seconds))
+            plan.failed[policy.kernel] = str(exc)
+            plan.reason = f"SCORING_KERNEL={policy.kernel} refused; {plan.reason}"
+            return plan
+    if matrix.num_items < MIN_ITEMS:
+        return Plan({"fp32": Fp32(matrix)}, dict.fromkeys(BUCKETS, "fp32"),
                     reason=f"fewer than {MIN_ITEMS:,} items: fp32 is cheap")
-    else:
-        plan = calibrate(matrix, KERNELS, policy.budget_seconds)
-    if matrix.num_items >= MIN_ITEMS or plan.forced:
-        log.info("scoring kernels for %d x %d items on %s (%s, %.2f s): %s%s", matrix.num_items, matrix.dim,
-                 torch.backends.cpu.get_cpu_capability(), plan.reason, plan.seconds, plan.summary(),
-                 "".join(f"; {name} not used: {why}" for name, why in plan.failed.items()))
+    return logged(matrix, calibrate(matrix, KERNELS, policy.budget_seconds))
+
+
+def logged(matrix: ItemMatrix, plan: Plan) -> Plan:
+    log.info("scoring kernels for %d x %d items on %s (%s, %.2f s): %s%s", matrix.num_items, matrix.dim,
+             torch.backends.cpu.get_cpu_capability(), plan.reason, plan.seconds, plan.summary(),
+             "".join(f"; {name} not used: {why}" for name, why in plan.failed.items()))
     return plan
