@@ -65,10 +65,10 @@ def free_port() -> int:
 class Api:
     """`movierec serve` in a child process, serving the built page."""
 
-    def __init__(self, home: Path, log: Path) -> None:
+    def __init__(self, home: Path, log: Path, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MOVIEREC_WEB_DIR": str(WEB_OUT), "INDEX_POLL_SECONDS": "0.5"}
+        env = {**os.environ, "MOVIEREC_WEB_DIR": str(WEB_OUT), "INDEX_POLL_SECONDS": "0.5", **settings}
         self.log = log.open("wb")
         self.process = subprocess.Popen([*MOVIEREC, "serve", "--home", str(home), "--port", str(self.port)],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -341,15 +341,24 @@ def test_phone_width_needs_no_sideways_scrolling(api: Api, browser) -> None:
         context.close()
 
 
-def test_api_down_shows_the_error_state(web_home: Path, tmp_path: Path, page) -> None:
+def test_api_key_then_api_down(web_home: Path, tmp_path: Path, page) -> None:
+    """One server with API_KEY set: a rating asks for the key, works with it; then the server stops."""
     need_page()
     home = tmp_path / "home"
     shutil.copytree(web_home, home)
-    server = Api(home, tmp_path / "serve.log")
+    server = Api(home, tmp_path / "serve.log", API_KEY="web-test-key")
     try:
-        page.goto(server.url + "/")
-        show_user(page, 5)
-        assert len(cards(page)) == 10
+        page.goto(server.url + "/?user=5")  # a link can name the user
+        wait_settled(page)
+        assert page.get_by_role("heading", name="User 5").count() == 1 and len(cards(page)) == 10
+        top = cards(page)[0]
+        page.locator("[data-testid=card]").first.get_by_role("button", name=re.compile("^Rate ")).click()
+        page.wait_for_selector("[data-testid=notice] >> text=X-API-Key")
+        assert top["movie_id"] in {c["movie_id"] for c in cards(page)}  # not rated: still listed
+        page.get_by_label("API key for ratings").fill("web-test-key")
+        page.locator("[data-testid=card]").first.get_by_role("button", name=re.compile("^Rate ")).click()
+        wait_for_cards(page, f"!cs.some(c => c.id === {top['movie_id']})")
+        assert page.get_by_test_id("notice").inner_text().startswith("Rated ")
     finally:
         server.stop()
     page.get_by_label("k", exact=True).fill("3")

@@ -27,6 +27,8 @@ export function Explorer() {
   const [notice, setNotice] = useState<{ text: string; error: boolean } | null>(null);
   const [rating, setRating] = useState(false);
   const [updateMs, setUpdateMs] = useState<number | null>(null);
+  const [apiKey, setApiKey] = useState("");
+  const [needsKey, setNeedsKey] = useState(false);
   const [tick, setTick] = useState(0); // bumped after a rating: profile, lists and status strip refresh
   const seq = useRef(0);
   const loadedUser = useRef<number | null>(null);
@@ -77,6 +79,7 @@ export function Explorer() {
   }, [allGenres.length, tick]);
 
   const pick = (id: number, isNew: boolean) => {
+    window.history.replaceState(null, "", `?user=${id}`);
     seq.current++; // an answer for the previous user is not shown
     loadedUser.current = null;
     setUser({ id, isNew });
@@ -86,18 +89,27 @@ export function Explorer() {
     setStarterGenres([]);
   };
 
+  // A link to the page can name its user: /?user=42 (the address follows the chosen user).
+  useEffect(() => {
+    const named = new URLSearchParams(window.location.search).get("user");
+    // the address is known only in the browser (the page is prerendered), so this cannot be initial state
+    // eslint-disable-next-line react-hooks/set-state-in-effect
+    if (named && /^\d+$/.test(named)) pick(Number(named), false);
+  }, []);
+
   const rate = async (movie: Movie, value: number) => {
     if (!user) return;
     const started = performance.now();
     setRating(true);
     try {
-      const ack = await api.updateUser(user.id, movie.movie_id, value);
+      const ack = await api.updateUser(user.id, movie.movie_id, value, apiKey);
       setNotice({ text: `Rated ${title(movie)} ${stars(value)} (${value.toFixed(1)}); ${ack.n_ratings} ratings now.`,
         error: false });
       ratedAt.current = started;
       await load(user.id, form);
       setTick((t) => t + 1);
     } catch (e) {
+      if (e instanceof ApiError && e.status === 401) setNeedsKey(true);
       setNotice({ text: `Rating not saved: ${describeError(e)}`, error: true });
     } finally {
       setRating(false);
@@ -124,6 +136,11 @@ export function Explorer() {
             onClose={() => setOpened(null)} />}
           {notice && <p className={notice.error ? "error" : "notice"} role={notice.error ? "alert" : "status"}
             data-testid="notice">{notice.text}</p>}
+          {needsKey && (
+            <label className="api-key">API key for ratings (the server has API_KEY set)
+              <input type="password" autoComplete="off" value={apiKey} onChange={(e) => setApiKey(e.target.value)} />
+            </label>
+          )}
           <Controls form={form} genres={allGenres} onChange={setForm} />
           <Recommendations recs={recs} onRate={rate} onRetry={retry} updateMs={updateMs} rating={rating} />
         </div>

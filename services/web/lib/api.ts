@@ -139,8 +139,13 @@ export class Api {
     return this.post("/recommend", body);
   }
 
-  updateUser(userId: number, movieId: number, rating: number): Promise<UpdateAck> {
-    return this.post("/update_user", { user_id: userId, movie_id: movieId, rating });
+  /** With API_KEY set on the server, writes need its value in X-API-Key (else 401). */
+  updateUser(userId: number, movieId: number, rating: number, apiKey = ""): Promise<UpdateAck> {
+    return this.call("/update_user", {
+      method: "POST",
+      body: JSON.stringify({ user_id: userId, movie_id: movieId, rating }),
+      headers: apiKey ? { "x-api-key": apiKey } : {},
+    });
   }
 
   async searchMovies(query: string, limit = 8): Promise<MovieStats[]> {
