@@ -47,8 +47,21 @@ class Settings(BaseSettings):
     batch_slice_users: int = Field(32, ge=1, description="/recommend_batch runs in slices of this many users; "
                                    "single requests are served between slices.")
     batch_requires_key: bool = Field(False, description="Require X-API-Key for /recommend_batch too.")
-    celery_broker_url: str | None = None
-    celery_result_backend: str | None = None
+    celery_broker_url: str | None = Field(None, description="Celery broker (redis://host:6379/1): /update_user "
+                                          "and /admin/reindex enqueue there; unset: the same tasks run in a thread.")
+    celery_result_backend: str | None = Field(None, description="Where task states live (default: the broker).")
+    celery_result_expires_seconds: int = Field(86400, ge=60, description="Task results are deleted after this.")
+    celery_visibility_timeout_seconds: int = Field(
+        3600, ge=1, description="A task taken by a worker that died unacknowledged goes back to the queue after "
+        "this; must exceed the longest task (load_store's hard limit).")
+    celery_restore_interval_seconds: float = Field(10.0, gt=0, description="How often a worker looks for such tasks.")
+    celery_max_retries: int = Field(5, ge=0, description="Retries of a task failing on a server that is down.")
+    celery_retry_backoff_max_seconds: int = Field(120, ge=1, description="Longest wait between two retries.")
+    worker_refresh_batch: int = Field(256, ge=1, description="Users per batch of refresh_user_vectors.")
+    worker_aggregates_every_seconds: float = Field(300.0, ge=0, description="Beat: popular movies and /stats "
+                                                   "counts refreshed this often (0: never).")
+    worker_cache_sweep_every_seconds: float = Field(3600.0, ge=0, description="Beat: stale cache keys dropped "
+                                                    "this often (0: never).")
 
     cache_ttl_seconds: int = Field(300, description="TTL of cached histories, user vectors and responses.")
     min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")

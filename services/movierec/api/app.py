@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from movierec.api import logs
+from movierec.api import logs, tasks
 from movierec.api.routes import router
 from movierec.api.services import Services
 from movierec.api.web import install_web
@@ -153,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(tasks.router)  # POST /admin/reindex, GET /tasks/{id} (api/tasks.py)
     install_web(app, settings.web_path)  # the page at /, behind every API route (api/web.py)
 
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)

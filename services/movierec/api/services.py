@@ -23,6 +23,8 @@ from movierec.serving.recommender import Recommender
 from movierec.settings import Settings
 from movierec.store import InvalidValue, MovieStore, open_store
 from movierec.store.cache import Cache, open_cache
+from movierec.worker.client import BackgroundWork, RefreshingCache, open_background_work
+from movierec.worker.jobs import cached_aggregates
 
 log = logging.getLogger("movierec.api")
 
@@ -46,6 +48,7 @@ class Services:
     problems: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
+    work: BackgroundWork | None = None  # vector refreshes and reindexing: Celery, or a thread without a broker
     _genres: frozenset[str] | None = None
 
     @classmethod
@@ -65,6 +68,8 @@ class Services:
                            timeout=settings.redis_timeout_ms / 1000, failures_to_open=settings.redis_failures_to_open,
                            cooldown=settings.redis_cooldown_seconds, max_bytes=settings.cache_max_bytes)
         services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path), cache, metrics)
+        services.work = open_background_work(settings, lambda: services.recommender)
+        services.cache = RefreshingCache(services.cache, services.work)  # /update_user queues a vector refresh
         services.load_model()
         services.load_indexes()
         threading.Thread(target=services._watch_indexes, name="index-watch", daemon=True).start()
@@ -195,6 +200,8 @@ class Services:
         if remote is not None:
             ok, detail = remote.health()
             parts["torchserve"] = Component(ok, detail)
+        if self.work is not None:
+            parts["background"] = Component(*self.work.health())
         serving = all(p.ok for p in parts.values() if p.required)
         healthy = serving and all(p.ok for p in parts.values())
         return serving, healthy, {k: {"ok": p.ok, "detail": p.detail} for k, p in parts.items()}
@@ -248,10 +255,13 @@ class Services:
             "latency": self.metrics.latency_summary(),
             "scoring": scoring_plan(rec.item_weights) if rec else None,
             "uptime_s": round(time.time() - self.started, 1),
+            "aggregates": cached_aggregates(self.cache),  # beat's counts and popular movies (None without beat)
         }
 
     def close(self) -> None:
         self._stop.set()
+        if self.work is not None:
+            self.work.close()
         if self.batcher is not None:
             self.batcher.close()
         qdrant = self.indexes.pop("qdrant", None)

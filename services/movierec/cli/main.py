@@ -7,7 +7,7 @@ import logging
 import typer
 from rich.logging import RichHandler
 
-from movierec.cli import demo, model, model_server, serve
+from movierec.cli import demo, model, model_server, serve, worker
 from movierec.cli.data import data_app
 from movierec.cli.db import db_app
 from movierec.cli.index import index_app
@@ -42,3 +42,6 @@ app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 app.command("export")(model_server.export)
 app.command("serve-model")(model_server.serve_model)
+app.command("worker")(worker.worker)
+app.command("beat")(worker.beat)
+app.command("flower")(worker.flower)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Self, TypedDict
 
 from rich.console import Console
@@ -101,26 +101,35 @@ class MovieStore(ABC):
     def location(self) -> str:
         """Where the data lives, for messages (a file path, or a MongoDB URI without password)."""
 
-    def load_prepared(self, data: PreparedData, progress: bool = True) -> Counts:
+    def load_prepared(self, data: PreparedData, progress: bool = True,
+                      on_progress: Callable[[str, int, int], None] | None = None) -> Counts:
         """Replace the store's contents with a prepared dataset; returns the new counts.
 
         Streams ratings in chunks (bounded memory at ML-32M scale) and builds the secondary indexes
-        after the data is in. Readers running meanwhile may see a partial dataset.
+        after the data is in. Readers running meanwhile may see a partial dataset. Starting again
+        after an interruption reloads from scratch (the first step drops everything), never twice.
+        `on_progress(stage, done, total)` is called after each step (the worker's task state).
         """
+        report = on_progress or (lambda stage, done, total: None)
         movies = movie_records(data)
         with _load_progress(progress) as bar:
             self._begin_load()
             task = bar.add_task("movies", total=len(movies))
             self._load_movies(movies)
             bar.update(task, completed=len(movies))
+            report("movies", len(movies), len(movies))
             task = bar.add_task("ratings", total=len(data.seq_items))
+            done = 0
             for ratings, users in rating_chunks(data):
                 self._load_chunk(ratings, users)
                 bar.update(task, advance=len(ratings))
+                done += len(ratings)
+                report("ratings", done, len(data.seq_items))
             bar.update(task, completed=len(data.seq_items))
             task = bar.add_task("indexes", total=1)
             self._end_load()
             bar.update(task, completed=1)
+            report("indexes", 1, 1)
         return self.counts()
 
     @abstractmethod
