@@ -296,6 +296,24 @@ def test_tracked_config_is_what_export_writes(model_store: Path) -> None:
         assert line in tracked.splitlines()
 
 
+def test_only_inference_and_metrics_listen_beyond_loopback(model_store: Path, tmp_path: Path) -> None:
+    """The management API (unregister the model, scale workers to 0; no token) is reachable from the pod only."""
+    from movierec.serving.torchserve.archive import read_properties
+    from movierec.serving.torchserve.local import local_config
+
+    tracked = read_properties((REPO / "model-store" / "config" / "config.properties").read_text())
+    hosts = {key: httpx.URL(value).host if "://" in value else value
+             for key, value in tracked.items() if key.endswith("_address")}
+    assert hosts.pop("inference_address") == "0.0.0.0"  # KServe's predictor port
+    assert hosts.pop("metrics_address") == "0.0.0.0"  # Prometheus scrapes it (read only)
+    assert hosts == {"management_address": "127.0.0.1", "grpc_inference_address": "127.0.0.1",
+                     "grpc_management_address": "127.0.0.1"}
+    # `movierec serve-model --host 0.0.0.0` still keeps management on loopback
+    local = read_properties(local_config(model_store, "0.0.0.0", (9000, 9001, 9002)))
+    assert httpx.URL(local["management_address"]).host == "127.0.0.1" == local["grpc_management_address"]
+    assert httpx.URL(local["inference_address"]).host == "0.0.0.0"
+
+
 def test_export_cli(pattern_model: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["export", "--model", str(pattern_model), "--out", str(tmp_path / "store")])
@@ -455,8 +473,10 @@ def test_fallback_while_torchserve_is_down_and_recovery(torchserve: Server, api_
         assert_same_items(response.json(), want)
         return response.json()
 
-    settings = dict(torchserve_failures_to_open=2, torchserve_cooldown_seconds=0.3, torchserve_timeout_ms=3000)
+    settings = dict(torchserve_failures_to_open=2, torchserve_cooldown_seconds=0.3, torchserve_timeout_ms=3000,
+                    api_key="ops")
     with api(api_home, torchserve, "v2", **settings) as client:
+        client.headers["X-API-Key"] = "ops"  # /health details are for key holders
         assert recommend(client)["served_by"] == "torchserve"
         torchserve.stop()
         for _ in range(3):  # two failures open the circuit; the third is not even sent
@@ -467,6 +487,12 @@ def test_fallback_while_torchserve_is_down_and_recovery(torchserve: Server, api_
         assert component["ok"] is False and "circuit open" in component["detail"], component
 
         torchserve.start()  # same ports
+        # /health alone (no request) probes once the cooldown has passed, and says ok again
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not client.get("/health").json()["components"]["torchserve"]["ok"]:
+            time.sleep(0.3)
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["components"]["torchserve"]["ok"] is True, health
         deadline = time.monotonic() + 30
         served_by = None
         while time.monotonic() < deadline and served_by != "torchserve":

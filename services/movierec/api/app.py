@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from movierec.api import logs, tasks
 from movierec.api.routes import router
+from movierec.api.schemas import ErrorResponse
 from movierec.api.services import Services
 from movierec.api.web import install_web
 from movierec.serving.recommender import MethodUnavailable
@@ -199,6 +200,14 @@ def describe_errors(app: FastAPI) -> None:
                 "properties": {"detail": {"type": "string", "title": "Detail",
                                           "description": "Which field is invalid, and why."}}}
             schemas.pop("ValidationError", None)
+        for operations in document["paths"].values():  # a body that is not JSON (or not UTF-8): FastAPI's 400
+            for operation in operations.values():
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("400", {
+                        "description": "The body is not JSON.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+        if "ErrorResponse" not in schemas:
+            schemas["ErrorResponse"] = ErrorResponse.model_json_schema()
         services = getattr(app.state, "services", None)
         if services is not None:
             genres = sorted(services.known_genres())

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (the published contract; pydantic v2 validates every field).
 
-Every string and integer is bounded, and integers are strict (`true` is not 1, `"1"` is not 1): ids
-fit in 63 bits (what SQLite and MongoDB store), timestamps are Unix seconds up to 2100-01-01. What the
+Every string and integer is bounded, and types are JSON's (`true` is not 1, `"1"` is not 1, 1.0 is 1): ids
+are at most 2^53 - 1 (exact in any JSON reader), timestamps are Unix seconds up to 2100-01-01. What the
 JSON schema cannot say (year_min <= year_max; a genre must be one of the catalogue's) is checked too,
 and also answers 422 with a `detail` string naming the field.
 """
@@ -10,13 +10,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from movierec.index.base import Filters
 
-MAX_ID = 2**63 - 1  # the largest integer SQLite and MongoDB store
+MAX_ID = 2**53 - 1  # exact in a JSON number everywhere (JavaScript, JSON Schema validators); SQLite's limit is 2^63 - 1
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01T00:00:00Z
-Id = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
+
+
+def json_integer(value: object) -> object:
+    """What JSON Schema calls an integer: 7 or 7.0, never true or "7" (pydantic's lax mode takes both)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(json_integer)]
+# the bounds first: after the validator pydantic would publish them as "ge"/"le" instead of minimum/maximum
+Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(json_integer)]
+Year = Annotated[int, Field(ge=1800, le=2100), BeforeValidator(json_integer)]
+Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP), BeforeValidator(json_integer)]
 Genre = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -40,10 +57,11 @@ class Strict(BaseModel):
 class FilterFields(Strict):
     genres: list[Genre] | None = Field(None, max_length=50, description=(
         "Keep movies with any of these genres; each must be a genre of the catalogue (else 422 naming it)."))
-    year_min: int | None = Field(None, ge=1800, le=2100, strict=True, description="At most year_max.")
-    year_max: int | None = Field(None, ge=1800, le=2100, strict=True)
-    min_rating: float | None = Field(None, ge=0.0, le=5.0, strict=True, description="Minimum mean rating of the movie.")
-    exclude_rated: bool = Field(True, description="Leave out movies the user already rated.")
+    year_min: Year | None = Field(None, description="At most year_max.")
+    year_max: Year | None = None
+    min_rating: Annotated[float, Field(ge=0.0, le=5.0, strict=True)] | None = Field(
+        None, description="Minimum mean rating of the movie.")
+    exclude_rated: bool = Field(True, strict=True, description="Leave out movies the user already rated.")
 
     @model_validator(mode="after")
     def years_in_order(self) -> FilterFields:
@@ -58,7 +76,7 @@ class FilterFields(Strict):
 
 class RecommendRequest(FilterFields):
     user_id: Id = Field(..., examples=[1])
-    k: int = Field(10, ge=1, le=1000, strict=True, description="How many movies (1-1000).")
+    k: Int = Field(10, ge=1, le=1000, description="How many movies (1-1000).")
     method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
 
 
@@ -66,15 +84,15 @@ class RecommendBatchRequest(FilterFields):
     user_ids: list[Id] = Field(..., min_length=1, max_length=1000, examples=[[1, 2, 3, 4, 5]], description=(
         "1 to 1000 users (the operator may allow fewer: BATCH_MAX_USERS); computed in slices between which "
         "single requests are served."))
-    k: int = Field(10, ge=1, le=1000, strict=True)
+    k: Int = Field(10, ge=1, le=1000)
     method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
 
 
 class UpdateUserRequest(Strict):
     user_id: Id
-    movie_id: int = Field(..., ge=1, le=MAX_ID, strict=True, description="A movie of the store (else 404).")
+    movie_id: Int = Field(..., ge=1, le=MAX_ID, description="A movie of the store (else 404).")
     rating: float = Field(..., ge=0.5, le=5.0, multiple_of=0.5, strict=True, description="0.5 to 5.0 in half steps.")
-    timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP, strict=True,
+    timestamp: Timestamp | None = Field(None,
                                   description="Unix seconds, up to 2100-01-01; default now.")
 
     @field_validator("rating")
@@ -87,7 +105,7 @@ class UpdateUserRequest(Strict):
 
 class SearchRequest(Strict):
     query: str = Field(..., min_length=1, max_length=200)
-    limit: int = Field(20, ge=1, le=1000, strict=True)
+    limit: Int = Field(20, ge=1, le=1000)
 
 
 class Movie(BaseModel):
