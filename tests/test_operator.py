@@ -579,3 +579,23 @@ def test_build_command_refuses_a_corrupt_or_unexpected_artifact(pattern_model: P
     no_qdrant = CliRunner().invoke(index_cli, ["index", "build", "--model", str(pattern_model), "--out",
                                                str(tmp_path / "faiss"), "--qdrant-sync"], env={"QDRANT_HOST": ""})
     assert no_qdrant.exit_code == 2 and "QDRANT_HOST" in no_qdrant.output
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_the_job_command_is_one_the_cli_runs(kind: str, pattern_model: Path, tmp_path: Path) -> None:
+    """The contract between operator and image: the Job's args, paths moved to this machine, build and report."""
+    spec = {"model": {"path": "."}, "index": {"kind": kind, "target": "faiss", "nlist": 2, "nprobe": 2, "M": 16,
+                                              "efConstruction": 40, "efSearch": 64},
+            "qdrant": {"sync": False}, "publish": True, "minRecall": 0.5}
+    job = jobs.build_index_job("contract", 1, spec, DEFAULTS)
+    moved = {jobs.MODEL_MOUNT: str(pattern_model), jobs.INDEX_MOUNT: str(tmp_path / "index"),
+             jobs.RESULT_FILE: str(tmp_path / "termination-log")}
+    args = [next((arg.replace(old, new) for old, new in moved.items() if arg.startswith(old)), arg)
+            for arg in job["spec"]["template"]["spec"]["containers"][0]["args"]]
+    done = CliRunner().invoke(index_cli, args)
+    assert done.exit_code == 0, done.output
+    outcome = jobs.job_outcome({"metadata": {"name": "contract-g1"}, "status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}}, (tmp_path / "termination-log").read_text())
+    assert outcome.phase == "Succeeded" and outcome.result["kind"] == f"faiss-{kind}"
+    assert (tmp_path / "index" / "faiss" / "CURRENT").read_text().strip() == outcome.result["version"]
+    assert outcome.result["recall_at_10"] >= 0.5

@@ -14,6 +14,7 @@ never built again. Deleting an IndexBuild deletes its Job through the owner refe
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -112,23 +113,22 @@ def generation_of(meta: Mapping[str, Any]) -> int:
     return int(meta.get("generation") or 1)
 
 
-def owned_jobs(namespace: str, uid: str) -> list[dict[str, Any]]:
-    """Jobs of the IndexBuild with this uid (by owner reference; the label only narrows the listing)."""
-    listing = clients().batch.list_namespaced_job(namespace, label_selector=jobs.LABEL_BUILD)
-    found = [clients().batch.api_client.sanitize_for_serialization(job) for job in listing.items]
-    return [job for job in found
-            if any(ref.get("uid") == uid for ref in job["metadata"].get("ownerReferences") or [])]
+def build_jobs(namespace: str) -> list[dict[str, Any]]:
+    """The operator's Jobs in a namespace, as plain dicts (the raw JSON: no model classes to build and undo)."""
+    selector = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY}"
+    response: Any = clients().batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+    items: list[dict[str, Any]] = json.loads(response.data)["items"]
+    return [job for job in items if job["metadata"].get("labels", {}).get(jobs.LABEL_MANAGED_BY) == jobs.MANAGED_BY]
 
 
-def active_builds(namespace: str, target: str, except_uid: str) -> list[dict[str, Any]]:
+def owned_by(job: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in job["metadata"].get("ownerReferences") or [])
+
+
+def active_builds(found: list[dict[str, Any]], target: str, except_uid: str) -> list[dict[str, Any]]:
     """Unfinished Jobs of other IndexBuilds writing the same target index."""
-    selector = f"{jobs.LABEL_MANAGED_BY}={jobs.MANAGED_BY},{jobs.LABEL_TARGET}={target}"
-    listing = clients().batch.list_namespaced_job(namespace, label_selector=selector)
-    found = [clients().batch.api_client.sanitize_for_serialization(job) for job in listing.items]
     return [job for job in found
-            if job["metadata"].get("labels", {}).get(jobs.LABEL_TARGET) == target
-            and job["metadata"].get("labels", {}).get(jobs.LABEL_MANAGED_BY) == jobs.MANAGED_BY
-            and not any(ref.get("uid") == except_uid for ref in job["metadata"].get("ownerReferences") or [])
+            if job["metadata"].get("labels", {}).get(jobs.LABEL_TARGET) == target and not owned_by(job, except_uid)
             and jobs.job_finished(job) is None and not job["metadata"].get("deletionTimestamp")]
 
 
@@ -155,20 +155,22 @@ def ensure_build(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf
                                                                         str(exc), generation)})
         raise kopf.PermanentError(str(exc)) from None
 
-    for old in owned_jobs(namespace, uid):
-        if old["metadata"]["name"] != wanted:
-            delete_job(namespace, old["metadata"]["name"])
-            post_event(body, "Normal", "Superseded", f"generation {generation} replaces Job {old['metadata']['name']}")
-
-    if status.get("observedGeneration") == generation and status.get("phase") in ("Succeeded", "Failed"):
-        log.info("%s/%s: generation %d already %s", namespace, name, generation, status["phase"])
-        return
     target = jobs.target_of(spec)
     with _target_lock:
-        if any(job["metadata"]["name"] == wanted for job in owned_jobs(namespace, uid)):
+        found = build_jobs(namespace)
+        for old in found:
+            if owned_by(old, uid) and old["metadata"]["name"] != wanted:
+                delete_job(namespace, old["metadata"]["name"])
+                post_event(body, "Normal", "Superseded",
+                           f"generation {generation} replaces Job {old['metadata']['name']}")
+                old["metadata"]["deletionTimestamp"] = jobs.now()
+        if status.get("observedGeneration") == generation and status.get("phase") in ("Succeeded", "Failed"):
+            log.info("%s/%s: generation %d already %s", namespace, name, generation, status["phase"])
+            return
+        if any(job["metadata"]["name"] == wanted and owned_by(job, uid) for job in found):
             log.info("%s/%s: Job %s exists, following it", namespace, name, wanted)
             return
-        busy = active_builds(namespace, target, except_uid=uid)
+        busy = active_builds(found, target, except_uid=uid)
         if busy:
             message = f"waiting: Job {busy[0]['metadata']['name']} is building target {target!r}"
             if status.get("message") != message:
@@ -247,7 +249,8 @@ def follow_job(body: kopf.Body, name: str, namespace: str | None, type: str | No
 
 def termination_message(namespace: str, job: str) -> str | None:
     """The build container's termination message: the CLI's --result-file JSON, or the log's last lines."""
-    pods = clients().core.list_namespaced_pod(namespace, label_selector=f"job-name={job}")
-    found = [clients().core.api_client.sanitize_for_serialization(pod) for pod in pods.items]
+    response: Any = clients().core.list_namespaced_pod(namespace, label_selector=f"job-name={job}",
+                                                  _preload_content=False)
+    found: list[dict[str, Any]] = json.loads(response.data)["items"]
     return jobs.termination_message([pod for pod in found
                                      if (pod.get("metadata") or {}).get("labels", {}).get("job-name") == job])
