@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     redis_host: str | None = None
     redis_port: int = 6379
     redis_db: int = 0
+    redis_password: str | None = Field(None, description="Password of the Redis server (AUTH); the Helm chart "
+                                       "sets it from its Secret.")
     qdrant_host: str | None = None
     qdrant_port: int = 6333
     torchserve_host: str | None = Field(None, description="TorchServe/KServe host: method torchserve ranks there.")

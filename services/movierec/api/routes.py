@@ -174,4 +174,5 @@ def stats(svc: Svc) -> dict:
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(svc: Svc) -> Response:
     """Prometheus text format."""
+    svc.observe_circuits()
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
