@@ -332,8 +332,13 @@ def test_phone_width_needs_no_sideways_scrolling(api: Api, browser) -> None:
     phone = context.new_page()
     try:
         phone.goto(api.url + "/")
-        show_user(phone, 4)
+        phone.get_by_role("button", name="Random user").tap()
+        wait_settled(phone)
         assert len(cards(phone)) == 10
+        user = int(re.fullmatch(r"User (\d+)", phone.get_by_test_id("profile").get_by_role("heading").first
+                                .inner_text()).group(1))
+        assert 1 <= user <= 300 and phone.get_by_label("User id").input_value() == str(user)
+        assert re.search(rf"\?user={user}$", phone.url)
         widths = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], f"page is {widths[0]} px wide on a {widths[1]} px screen"
         shot(phone, "10-phone")
