@@ -62,8 +62,13 @@ app.kubernetes.io/part-of: movierec
 {{- end }}
 {{- end }}
 
+{{/* The claim of a volume: (dict "ctx" $ "name" "model"|"index"|"data") */}}
+{{- define "movierec.claim" -}}
+{{- default (include "movierec.component" (dict "ctx" .ctx "name" .name)) (get .ctx.Values.persistence .name).existingClaim }}
+{{- end }}
+
 {{- define "movierec.modelClaim" -}}
-{{- default (include "movierec.component" (dict "ctx" . "name" "models")) .Values.modelStore.existingClaim }}
+{{- include "movierec.claim" (dict "ctx" . "name" "model") }}
 {{- end }}
 
 {{/* Secrets: the chart's own or the ones the user manages. */}}
@@ -150,7 +155,7 @@ app.kubernetes.io/part-of: movierec
 {{- if .Values.torchserve.storageUri }}
 {{- .Values.torchserve.storageUri }}
 {{- else }}
-{{- printf "pvc://%s/%s" (include "movierec.modelClaim" .) .Values.modelStore.torchserveSubPath }}
+{{- printf "pvc://%s/%s" (include "movierec.modelClaim" .) .Values.persistence.torchserveSubPath }}
 {{- end }}
 {{- end }}
 
@@ -194,7 +199,7 @@ affinity:
 {{/* What the API and the worker read from the environment (services/movierec/settings.py). */}}
 {{- define "movierec.appEnv" -}}
 - name: MOVIEREC_HOME
-  value: {{ .Values.modelStore.mountPath | quote }}
+  value: {{ .Values.persistence.mountPath | quote }}
 {{- if .Values.auth.apiKeyEnabled }}
 - name: API_KEY
   valueFrom:
@@ -263,12 +268,33 @@ affinity:
 {{- include "movierec.tmpEnv" . | nindent 0 }}
 {{- end }}
 
-{{- define "movierec.modelVolume" -}}
-- name: models
-  persistentVolumeClaim:
-    claimName: {{ include "movierec.modelClaim" . }}
+{{/* Volumes of a pod: (dict "ctx" $ "volumes" (dict "model" true "index" false ...)) mounts each named volume
+at MOVIEREC_HOME/<name> (true: read-only), an emptyDir at MOVIEREC_HOME (the image's home stays writable
+under a read-only root) and one at /tmp. */}}
+{{- define "movierec.volumes" -}}
+- name: home
+  emptyDir: {}
 - name: tmp
   emptyDir: {}
+{{- range $name, $readOnly := .volumes }}
+- name: {{ $name }}
+  persistentVolumeClaim:
+    claimName: {{ include "movierec.claim" (dict "ctx" $.ctx "name" $name) }}
+{{- end }}
+{{- end }}
+
+{{- define "movierec.volumeMounts" -}}
+- name: home
+  mountPath: {{ .ctx.Values.persistence.mountPath }}
+- name: tmp
+  mountPath: /tmp
+{{- range $name, $readOnly := .volumes }}
+- name: {{ $name }}
+  mountPath: {{ printf "%s/%s" $.ctx.Values.persistence.mountPath $name }}
+  {{- if $readOnly }}
+  readOnly: true
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{/* resources with an optional GPU: (dict "resources" ... "gpus" N "name" "nvidia.com/gpu") */}}
@@ -303,9 +329,9 @@ command:
   - movierec
   - train
   - --data
-  - {{ printf "%s/%s" .ctx.Values.modelStore.mountPath $t.data | quote }}
+  - {{ printf "%s/data/%s" .ctx.Values.persistence.mountPath $t.data | quote }}
   - --out
-  - {{ printf "%s/%s" .ctx.Values.modelStore.mountPath $t.out | quote }}
+  - {{ printf "%s/model" .ctx.Values.persistence.mountPath | quote }}
   - --device
   - {{ .device }}
   - --resume
@@ -314,7 +340,7 @@ command:
   {{- end }}
 env:
   - name: MOVIEREC_HOME
-    value: {{ .ctx.Values.modelStore.mountPath | quote }}
+    value: {{ .ctx.Values.persistence.mountPath | quote }}
   {{- include "movierec.tmpEnv" .ctx | nindent 2 }}
   {{- with .extraEnv }}
   {{- toYaml . | nindent 2 }}
@@ -324,10 +350,7 @@ resources:
 securityContext:
   {{- toYaml .ctx.Values.containerSecurityContext | nindent 2 }}
 volumeMounts:
-  - name: models
-    mountPath: {{ .ctx.Values.modelStore.mountPath }}
-  - name: tmp
-    mountPath: /tmp
+  {{- include "movierec.volumeMounts" (dict "ctx" .ctx "volumes" (dict "data" true "model" false)) | nindent 2 }}
   # NCCL and gloo exchange through shared memory
   - name: dshm
     mountPath: /dev/shm

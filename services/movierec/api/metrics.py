@@ -33,6 +33,8 @@ class ApiMetrics:
             ["batch", "kernel"], registry=r,
         )
         self.ratings = Counter("movierec_ratings_written_total", "Ratings written through /update_user", registry=r)
+        self.circuit_open = Gauge("movierec_circuit_open", "1 while the circuit breaker of a dependency is open "
+                                  "(its calls are skipped)", ["dependency"], registry=r)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)

@@ -66,7 +66,8 @@ class Services:
         metrics = ApiMetrics()
         cache = open_cache(settings.redis_host, settings.redis_port, settings.redis_db,
                            timeout=settings.redis_timeout_ms / 1000, failures_to_open=settings.redis_failures_to_open,
-                           cooldown=settings.redis_cooldown_seconds, max_bytes=settings.cache_max_bytes)
+                           cooldown=settings.redis_cooldown_seconds, max_bytes=settings.cache_max_bytes,
+                           password=settings.redis_password)
         services = cls(settings, open_store(settings.mongo_uri, settings.sqlite_path), cache, metrics)
         services.work = open_background_work(settings, lambda: services.recommender)
         services.cache = RefreshingCache(services.cache, services.work)  # /update_user queues a vector refresh
@@ -183,6 +184,14 @@ class Services:
                 log.error("index reload failed", extra={"fields": {"reason": str(exc)}})
 
     # -- health ------------------------------------------------------------------------------
+    def observe_circuits(self) -> None:
+        """movierec_circuit_open for each dependency behind a circuit breaker (Redis, the model server)."""
+        breakers = {"redis": getattr(self.cache, "breaker", None) if self.cache.kind == "redis" else None,
+                    "torchserve": getattr(getattr(self.recommender, "remote", None), "breaker", None)}
+        for dependency, breaker in breakers.items():
+            if breaker is not None:
+                self.metrics.circuit_open.labels(dependency).set(1 if breaker.state == "open" else 0)
+
     def health(self) -> tuple[bool, bool, dict[str, dict[str, Any]]]:
         """(can serve, fully healthy, components)."""
         parts: dict[str, Component] = {}

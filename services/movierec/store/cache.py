@@ -207,9 +207,10 @@ class RedisCache:
     MAX_PENDING_INVALIDATIONS = 100_000  # beyond that, every user's keys are dropped when Redis is back
 
     def __init__(self, host: str, port: int = 6379, db: int = 0, timeout: float = 0.05,
-                 failures_to_open: int = 3, cooldown: float = 2.0, breaker: CircuitBreaker | None = None) -> None:
+                 failures_to_open: int = 3, cooldown: float = 2.0, breaker: CircuitBreaker | None = None,
+                 password: str | None = None) -> None:
         self.client = redis.Redis(
-            host=host, port=port, db=db, socket_timeout=timeout, socket_connect_timeout=timeout,
+            host=host, port=port, db=db, password=password, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0,
         )
         self.address = f"{host}:{port}/{db}"
@@ -389,8 +390,9 @@ class RedisCache:
 
 
 def open_cache(host: str | None, port: int = 6379, db: int = 0, *, timeout: float = 0.05,
-               failures_to_open: int = 3, cooldown: float = 2.0, max_bytes: int = 256 * 2**20) -> Cache:
+               failures_to_open: int = 3, cooldown: float = 2.0, max_bytes: int = 256 * 2**20,
+               password: str | None = None) -> Cache:
     """Redis when `host` is set (failing fast, see RedisCache), else the in-process cache bounded to `max_bytes`."""
     if host:
-        return RedisCache(host, port, db, timeout, failures_to_open, cooldown)
+        return RedisCache(host, port, db, timeout, failures_to_open, cooldown, password=password)
     return MemoryCache(max_bytes=max_bytes)

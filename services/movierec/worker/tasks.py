@@ -49,7 +49,7 @@ class Runtime:
     def cache(self) -> Cache:
         s = self.settings
         # a worker may wait longer on Redis than a request: its batches are larger and nobody waits on them
-        return open_cache(s.redis_host, s.redis_port, s.redis_db, timeout=2.0)
+        return open_cache(s.redis_host, s.redis_port, s.redis_db, timeout=2.0, password=s.redis_password)
 
     def recommender(self) -> Any:
         """The model the API serves (MODEL_DIR), loaded again when its manifest says it changed."""
