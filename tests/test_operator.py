@@ -395,6 +395,20 @@ async def test_restart_mid_build_adopts_the_job(cluster: Cluster, operator: Oper
 
 
 @pytest.mark.asyncio
+async def test_job_that_ended_while_the_operator_was_down_is_reported(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create_build("overnight", SPEC)
+    await cluster.until(lambda: cluster.phase("overnight") == "Running")
+    await operator.stop()
+    await cluster.end_pod("overnight-g1", 1, 0, json.dumps(RESULT))
+    await cluster.job_status("overnight-g1", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    assert cluster.phase("overnight") == "Running"
+    await operator.start()  # lists the Jobs it missed and reports them
+    await cluster.until(lambda: cluster.phase("overnight") == "Succeeded")
+    assert cluster.build("overnight")["status"]["indexVersion"] == RESULT["version"]
+    assert cluster.job_names() == ["overnight-g1"]
+
+
+@pytest.mark.asyncio
 async def test_handler_rerun_creates_no_second_job(cluster: Cluster) -> None:
     handlers.load_kube_config()
     await cluster.create_build("again", SPEC)
