@@ -40,12 +40,12 @@ export function StatusStrip({ tick }: { tick: number }) {
   }, [tick]);
 
   if (error) {
-    return <div className="status status-down" role="status" data-testid="status">API down: {error}</div>;
+    return <div className="status status-down" aria-label="API status" data-testid="status">API down: {error}</div>;
   }
-  if (!health || !stats) return <div className="status" role="status" data-testid="status">Connecting to the API…</div>;
+  if (!health || !stats) return <div className="status" aria-label="API status" data-testid="status">Connecting to the API…</div>;
   const broken = Object.entries(health.components).filter(([, c]) => !c.ok).map(([name]) => name);
   return (
-    <div className={`status status-${health.status}`} role="status" data-testid="status">
+    <div className={`status status-${health.status}`} aria-label="API status" data-testid="status">
       <span><b>API {health.status}</b>{broken.length ? ` (${broken.join(", ")} down)` : ""}</span>
       <span title={stats.model_version ?? ""}>model {short(stats.model_version)}</span>
       {Object.entries(stats.index_versions).map(([kind, version]) => (
