@@ -192,3 +192,11 @@ def test_bad_status_is_rejected() -> None:
     resource["status"] = {"phase": "Succeeded", "recallAt10": 0.97, "indexVersion": "v", "conditions": [
         {"type": "Built", "status": "True", "reason": "Succeeded", "observedGeneration": 1}]}
     assert admit(resource)["status"]["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "latest"])
+def test_crd_passes_the_kubernetes_schema(version: str) -> None:
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version() if version == "latest" else version
+    kubernetes_validate.validate(load_crd(), version, strict=True)

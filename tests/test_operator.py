@@ -613,3 +613,23 @@ def test_the_job_command_is_one_the_cli_runs(kind: str, pattern_model: Path, tmp
     assert outcome.phase == "Succeeded" and outcome.result["kind"] == f"faiss-{kind}"
     assert (tmp_path / "index" / "faiss" / "CURRENT").read_text().strip() == outcome.result["version"]
     assert outcome.result["recall_at_10"] >= 0.5
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "latest"])
+def test_job_and_manifests_pass_kubernetes_schemas(version: str) -> None:
+    """What the operator creates and what `kubectl apply -f manifests/operator/` sends, against Kubernetes' schemas."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version() if version == "latest" else version
+    owner = kopf.Body({"apiVersion": "movierec.io/v1alpha1", "kind": "IndexBuild",
+                       "metadata": {"name": "nightly", "namespace": NS, "uid": "u-1"}})
+    objects = [jobs.build_index_job("nightly", 3, HNSW_SPEC, DEFAULTS),
+               jobs.build_index_job("canary", 1, {"model": {"uri": "pvc://experiments/run-7"}, "publish": False,
+                                                  "index": {"kind": "ivf", "nlist": 64}}, DEFAULTS)]
+    for job in objects:
+        kopf.adopt(job, owner=owner)
+    for path in sorted((REPO / "manifests" / "operator").glob("*.yaml")):
+        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert {obj["kind"] for obj in objects} == {"Job", "ServiceAccount", "Role", "RoleBinding", "Deployment"}
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or mistyped field

@@ -162,7 +162,7 @@ def build_index_job(name: str, generation: int, spec: Mapping[str, Any], default
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
                                                       "values": [PERMANENT_EXIT]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
