@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     operator_health_port: int = Field(8080, description="Port of the operator's liveness endpoint (/healthz).")
     kubeconfig: Path | None = Field(None, description="The operator's cluster outside a pod (as kubectl's "
                                     "KUBECONFIG); in a pod it uses its service account.")
+    movierec_web_dir: Path | None = Field(None, description="The built web page (Next.js static export) served "
+                                          "at /; default: services/web/out of this source tree.")
 
     @cached_property
     def model_path(self) -> Path:
@@ -100,6 +102,11 @@ class Settings(BaseSettings):
         if "://" in self.torchserve_host:
             return self.torchserve_host.rstrip("/")
         return f"http://{self.torchserve_host}:{self.torchserve_port}"
+
+    @property
+    def web_path(self) -> Path:
+        """The folder whose index.html the API serves at /: MOVIEREC_WEB_DIR, else the source tree's build."""
+        return self.movierec_web_dir or Path(__file__).resolve().parents[1] / "web" / "out"
 
     @property
     def sqlite_path(self) -> Path:
