@@ -652,6 +652,17 @@ def test_operator_rbac_is_least_privilege() -> None:
     assert "OPERATOR_NAMESPACE" not in env_of(container(wide, "operator"))  # unset: every namespace
 
 
+def test_notes_and_the_helm_test_pod() -> None:
+    objects, notes = copy.deepcopy(_rendered("default"))
+    assert f"port-forward svc/{FULL}-api 8000:8000" in notes and "/recommend" in notes
+    assert "get indexbuilds -w" in notes and f"job/{FULL}-model-bootstrap" in notes
+    (pod,) = find(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[-1] == f"http://{FULL}-api:8000" and "/health" in command[2] and "/recommend" in command[2]
+    assert "5. Rebuild the index" not in render_chart({"operator": {"enabled": False}})[1]
+
+
 # -- network paths --------------------------------------------------------------------------------------------------
 
 def operator_job_labels() -> dict[str, str]:
@@ -943,11 +954,12 @@ def redis_with_password() -> Iterator[tuple[Any, str]]:
 
 
 def test_rendered_api_worker_beat_and_flower_commands_run_and_become_ready(
-        redis_with_password: tuple[Any, str], tmp_path: Path) -> None:
+        redis_with_password: tuple[Any, str], pattern_prepared: Path, tmp_path: Path) -> None:
     """The API, worker, beat and Flower containers of the default release, started as rendered: same command,
     arguments and environment; the Secrets' rendered values; the Redis Service mapped to a loopback server with
     the chart's password; no MongoDB, Qdrant or TorchServe here, so their variables are left out (the API runs
-    on its embedded store); ports mapped to free ones. Each must pass its own rendered probes."""
+    on its embedded store, holding a small catalogue); ports mapped to free ones. Each must pass its own rendered
+    probes, and the `helm test` Pod's command must pass against the API."""
     server, _ = redis_with_password
     objects = rendered("default")
     local = Local(objects, tmp_path, hosts={f"{FULL}-redis:6379": f"127.0.0.1:{server.port}",
@@ -956,6 +968,11 @@ def test_rendered_api_worker_beat_and_flower_commands_run_and_become_ready(
                         "TORCHSERVE_PORT", "TORCHSERVE_PROTOCOL", "TORCHSERVE_MODEL"})
     for folder in ("home/model", "home/index", "home/data", "tmp"):
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    from movierec.data.prepared import load_prepared
+    from movierec.store import open_store
+
+    with open_store(None, tmp_path / "home" / "store.sqlite") as store:  # a small catalogue in the embedded store
+        store.load_prepared(load_prepared(pattern_prepared), progress=False)
     logs = tmp_path / "logs"
     logs.mkdir()
     started: list[tuple[str, dict, dict[str, int], Process]] = []
@@ -992,6 +1009,12 @@ def test_rendered_api_worker_beat_and_flower_commands_run_and_become_ready(
         api_port = next(ports for name, _, ports, _ in started if name == "api")["8000"]
         r = httpx.post(f"http://127.0.0.1:{api_port}/recommend", json={"user_id": 1, "k": 5}, timeout=10)
         assert r.status_code == 200, r.text
+        # `helm test`: the test Pod's rendered command passes against this API
+        (test_pod,) = find(objects, "Pod")
+        test_command = [part.replace(f"http://{FULL}-api:8000", f"http://127.0.0.1:{api_port}")
+                        for part in test_pod["spec"]["containers"][0]["command"]]
+        done = subprocess.run(test_command, env=started[0][3].env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "recommend 200" in done.stdout, done.stdout + done.stderr
         # the cache reached Redis with the chart's password (REDIS_PASSWORD from the Secret)
         health = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=10).json()
         assert health["components"]["cache"]["ok"] is True, health["components"]["cache"]
