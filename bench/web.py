@@ -92,7 +92,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         shutil.copytree(args.home, home, ignore=shutil.ignore_patterns("prepared", "data", "runs"))
-        server = Api(home, Path(tmp) / "serve.log")
+        server = Api(home, Path(tmp) / "serve.log").wait_ready()
         fcp, first_list, rating = [], [], []
         version = ""
         try:

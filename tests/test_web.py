@@ -63,27 +63,32 @@ def free_port() -> int:
 
 
 class Api:
-    """`movierec serve` in a child process, serving the built page."""
+    """`movierec serve` in a child process, serving the built page; `wait_ready()` before use."""
 
     def __init__(self, home: Path, log: Path, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MOVIEREC_WEB_DIR": str(WEB_OUT), "INDEX_POLL_SECONDS": "0.5", **settings}
+        self.log_path = log
         self.log = log.open("wb")
         self.process = subprocess.Popen([*MOVIEREC, "serve", "--home", str(home), "--port", str(self.port)],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
+
+    def wait_ready(self, timeout: float = 90) -> Api:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"movierec serve exited with {self.process.returncode}: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"movierec serve exited with {self.process.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
+                    return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"movierec serve did not answer /health within 90 s: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"movierec serve did not answer /health within {timeout:.0f} s: "
+                           f"{self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -97,15 +102,27 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(web_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def servers(web_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Api]]:
+    """Two APIs started together (their start-up overlaps): "open", and "keyed" with API_KEY set, which
+    a test stops to see the page's error state. Each serves its own copy of web_home."""
     need_page()
-    home = tmp_path_factory.mktemp("web-api") / "home"
-    shutil.copytree(web_home, home)
-    server = Api(home, home.parent / "serve.log")
+    started: dict[str, Api] = {}
     try:
-        yield server
+        for name, settings in (("open", {}), ("keyed", {"API_KEY": "web-test-key"})):
+            home = tmp_path_factory.mktemp(f"web-api-{name}") / "home"
+            shutil.copytree(web_home, home)
+            started[name] = Api(home, home.parent / "serve.log", **settings)
+        for server in started.values():
+            server.wait_ready()
+        yield started
     finally:
-        server.stop()
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(servers: dict[str, Api]) -> Api:
+    return servers["open"]
 
 
 @pytest.fixture(scope="module")
@@ -346,12 +363,9 @@ def test_phone_width_needs_no_sideways_scrolling(api: Api, browser) -> None:
         context.close()
 
 
-def test_api_key_then_api_down(web_home: Path, tmp_path: Path, page) -> None:
-    """One server with API_KEY set: a rating asks for the key, works with it; then the server stops."""
-    need_page()
-    home = tmp_path / "home"
-    shutil.copytree(web_home, home)
-    server = Api(home, tmp_path / "serve.log", API_KEY="web-test-key")
+def test_api_key_then_api_down(servers: dict[str, Api], page) -> None:
+    """The server with API_KEY set: a rating asks for the key, works with it; then the server stops."""
+    server = servers["keyed"]
     try:
         page.goto(server.url + "/?user=5")  # a link can name the user
         wait_settled(page)
