@@ -15,6 +15,7 @@ No Docker engine or cluster runs here, so:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -252,6 +253,10 @@ def test_web_stage_builds_the_static_export() -> None:
     web = stage(stages, "web")
     runs = [without_flags(i.args) for i in web.all("RUN")]
     assert runs == ["npm ci --no-audit --no-fund", "npm run build"]
+    # the same commands `make web` runs before the browser tests (tests/test_web.py), so CI builds the page this way
+    makefile = (REPO / "Makefile").read_text()
+    assert all(f"NEXT_TELEMETRY_DISABLED=1 {run}" in makefile for run in runs)
+    assert {"NEXT_TELEMETRY_DISABLED": "1"}.items() <= env_of(web.all("ENV")[0], {}).items()
     package = json.loads((REPO / "services" / "web" / "package.json").read_text())
     assert "build" in package["scripts"]
 
@@ -388,9 +393,14 @@ def replay_build_stage(root: Path, log: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The replayed venv, locked for this module's tests (another session waits: it would reinstall movierec)."""
     root = tmp_path_factory.mktemp("image")
-    return replay_build_stage(root, root / "build.log")
+    lock_path = layer_cache([]).parent.with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield replay_build_stage(root, root / "build.log")
 
 
 @pytest.mark.slow
