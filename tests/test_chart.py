@@ -663,6 +663,21 @@ def test_notes_and_the_helm_test_pod() -> None:
     assert "5. Rebuild the index" not in render_chart({"operator": {"enabled": False}})[1]
 
 
+def test_skaffold_release_has_the_services_it_forwards() -> None:
+    """skaffold.yaml installs the chart as release `movierec` and port-forwards Services by name."""
+    skaffold = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    (release,) = skaffold["deploy"]["helm"]["releases"]
+    values = merged(*(values_file(Path(f).name) for f in release.get("valuesFiles", [])))
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+        out = chart.render(values, name=release["name"], namespace=release["namespace"])
+    objects = [d for path, text in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    services = {s["metadata"]["name"]: s for s in find(objects, "Service")}
+    for forward in skaffold["portForward"]:
+        service = services[forward["resourceName"]]
+        assert forward["port"] in [p["port"] for p in service["spec"]["ports"]], forward
+
+
 # -- network paths --------------------------------------------------------------------------------------------------
 
 def operator_job_labels() -> dict[str, str]:
