@@ -5,7 +5,8 @@
 
 Each kernel of serving/kernels.py ranks batches of 1, 4, 16 and 64 users (each user excluding 100
 items, k = 10) over an ML-32M-sized item matrix (87,585 x 128: the bench/serve.py model when it
-exists, else random weights; --model for a trained one) on one thread, like the API's model thread.
+exists, with user vectors the model makes from random histories; else random weights; --model for
+a trained one) on one thread, like the API's model thread.
 A cell is the median of --runs runs after one warm-up, or `wrong` if the ranking differed from
 fp32's. The last row is what the calibration at load (`auto`) picks per batch size, run in the same
 process. `--dispatch avx2` runs a child process with torch, oneDNN and FAISS forced to AVX2
@@ -39,14 +40,23 @@ DISPATCH = {
 
 
 def item_weights(model: Path | None):
+    """(item matrix, user vectors like the model's or None, what they are)."""
     import torch
 
     if model is not None and (model / "model.pt").is_file():
         from movierec.model.artifact import load_artifact
+        from movierec.serving.inference import encode
 
-        return load_artifact(model).model.output_embeddings.detach().contiguous(), str(model)
+        gsasrec = load_artifact(model).model.eval()
+        weights = gsasrec.output_embeddings.detach().contiguous()
+        rng = np.random.default_rng(0)  # 64 users with 20-200 random items, encoded by the model
+        histories = [rng.integers(1, len(weights), int(n)) for n in rng.integers(20, 201, 64)]
+        with torch.inference_mode():
+            users = encode(gsasrec, histories).vectors
+        return weights, users, f"{model}, user vectors of 64 random histories"
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(ITEMS + 1, DIM, generator=generator) * 0.05, "random N(0, 0.05) weights"
+    return (torch.randn(ITEMS + 1, DIM, generator=generator) * 0.05, None,
+            "random N(0, 0.05) weights, users = sums of 3 items")
 
 
 def measure(model: Path | None, runs: int, budget: float) -> dict:
@@ -60,17 +70,19 @@ def measure(model: Path | None, runs: int, budget: float) -> dict:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     threadpool_limits(1, user_api="blas")
-    weights, source = item_weights(model)
+    weights, users, source = item_weights(model)
     matrix = kernels.ItemMatrix.of(weights)
     fp32 = kernels.Fp32(matrix)
-    batches = {b: kernels.calibration_batch(matrix, b, seed=1) for b in BATCHES}
+    batches = {b: kernels.calibration_batch(matrix, b, seed=1, like=users) for b in BATCHES}
     expected = {b: fp32.top_k(v, kernels.CALIBRATION_K, None, e) for b, (v, e) in batches.items()}
     cells: dict[str, dict[str, str | float]] = {}
+    refused: dict[str, str] = {}
     for name in kernels.KERNELS:
         try:
             kernel = kernels.KERNEL_TYPES[name](matrix)
         except Exception as exc:  # noqa: BLE001 - the table says why a kernel is missing
-            cells[name] = {str(b): f"unavailable: {exc}" for b in BATCHES}
+            cells[name] = dict.fromkeys(map(str, BATCHES), "refused")
+            refused[name] = str(exc)
             continue
         row: dict[str, str | float] = {}
         for b, (vectors, exclude) in batches.items():
@@ -84,8 +96,8 @@ def measure(model: Path | None, runs: int, budget: float) -> dict:
                 times.append((time.perf_counter() - start) * 1000)
             row[str(b)] = float(np.median(times))
         cells[name] = row
-    plan = kernels.calibrate(matrix, kernels.KERNELS, budget)
-    return {"cells": cells, "auto": {str(b): plan.by_bucket[b] for b in BATCHES},
+    plan = kernels.calibrate(matrix, kernels.KERNELS, budget, like=users)
+    return {"cells": cells, "refused": refused, "auto": {str(b): plan.by_bucket[b] for b in BATCHES},
             "calibration_s": plan.seconds, "source": source, "torch": torch.__version__,
             "faiss": faiss.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
 
@@ -139,6 +151,10 @@ def main() -> None:
             print(f"| {name} | {dispatch} ({result['capability']}) | " + " | ".join(shown) + " |")
         print(f"| *auto picks* (calibrated in {result['calibration_s']:.1f} s) | {dispatch} | "
               + " | ".join(result["auto"][str(b)] for b in BATCHES) + " |")
+    print()
+    for dispatch, result in results.items():
+        for name, why in result["refused"].items():
+            print(f"- {name} refused under {dispatch} dispatch: {why}")
 
 
 if __name__ == "__main__":

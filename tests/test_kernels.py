@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +226,32 @@ def test_forcing_a_kernel_is_honoured_and_a_bad_name_is_refused(weights: torch.T
     with pytest.raises(ValueError, match="scoring_kernel"):
         Settings(scoring_kernel="avx9")
     assert set(typing.get_args(Settings.model_fields["scoring_kernel"].annotation)) == {"auto", *KERNELS}
+
+
+def test_calibration_users_look_like_the_real_ones_given(weights: torch.Tensor) -> None:
+    matrix = ItemMatrix.of(weights)
+    real = torch.randn(3, DIM, generator=torch.Generator().manual_seed(5)) * 7
+    vectors, exclude = kernels.calibration_batch(matrix, 16, like=real)
+    assert vectors.shape == (16, DIM) and len(exclude) == 16
+    like = real[torch.arange(16) % 3]
+    cosine = torch.nn.functional.cosine_similarity(vectors, like)
+    assert (cosine > 0.9).all() and (vectors != like).any(dim=1).all(), "near the real ones, not copies"
+    torch.testing.assert_close(vectors.norm(dim=1), like.norm(dim=1), rtol=0.2, atol=0)
+
+
+def test_a_faiss_scan_runs_on_one_openmp_thread_in_any_calling_thread(built: dict[str, kernels.Kernel]) -> None:
+    import faiss
+
+    seen: list[int] = []
+
+    def model_thread() -> None:  # OpenMP's thread count is per thread: a new one starts at one per core
+        built["faiss-sq8-direct"].top_k(torch.randn(2, DIM), 10, None, ())
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=model_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1]
 
 
 def test_small_catalogs_use_fp32_without_measuring() -> None:

@@ -88,7 +88,9 @@ def exact_top_k(
     k = min(k, item_weights.shape[0])
     if not _on_cpu_fp32(item_weights) or len(vectors) == 0 or k <= 0:
         return top_k_of(masked_scores(vectors, item_weights, allowed, exclude), k)
-    return plan_for(item_weights).kernel_for(len(vectors)).top_k(vectors.contiguous(), k, allowed, exclude)
+    vectors = vectors.contiguous()
+    # the first ranking's vectors (the warm-up's) are what the calibration measures with
+    return plan_for(item_weights, like=vectors).kernel_for(len(vectors)).top_k(vectors, k, allowed, exclude)
 
 
 def scoring_plan(item_weights: torch.Tensor) -> dict[str, Any]:

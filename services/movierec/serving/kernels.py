@@ -130,10 +130,11 @@ def rescore(matrix: ItemMatrix, vectors: torch.Tensor, rows: np.ndarray, items: 
 
 
 def residual_bound(weights: torch.Tensor, approx: torch.Tensor, max_norm: float) -> float:
-    """An upper bound of max_j |w_j - approx_j|_2, computed in fp32.
+    """An upper bound of max_j |w_j - a_j|_2, where `approx` holds the a_j (or their fp32 roundings), in fp32.
 
-    Each fp32 difference errs by at most u |w - approx| <= u (|w| + |approx|), and the norm by
-    (d + 2) u relative, so the computed maximum plus 4 u (M + max|approx|) (rounded up) bounds it.
+    `approx` may differ from the exact a (codes times scale) by u |approx| per coordinate, each
+    fp32 difference rounds by u relative and the norm by (d + 2) u relative: the computed maximum
+    times 1 + (d + 4) u, plus 4 u (M + sqrt(d) max|approx|) (x 1.01), bounds it.
     """
     residual = float((weights - approx).norm(dim=1).max())
     return residual * (1 + (weights.shape[1] + 4) * FP32_U) + 4 * FP32_U * (max_norm + float(approx.abs().max()) *
@@ -285,7 +286,8 @@ class FaissScan(Kernel):
 
     FAISS keeps the best `k + SLACK` approximate scores; with a_k the k-th of them and e the bound
     (`queries`), the candidates are those >= a_k - 2(e + rho). When the last kept score is still above
-    that floor, more candidates may lie beyond it (near-ties): that user is ranked in fp32 instead.
+    that floor, more candidates may lie beyond it: the scan is redone keeping 8 times as many, and
+    if that is not enough either (near-ties), the user is ranked in fp32.
     """
 
     SLACK = 64
@@ -311,11 +313,15 @@ class FaissScan(Kernel):
 
     def top_k(self, vectors, k, allowed, exclude):
         faiss = self.faiss
+        if faiss.omp_get_max_threads() != 1:
+            # one query per scan gains nothing from threads, and OpenMP's thread count is per calling
+            # thread: the API's model thread would otherwise get one per core, spinning on the core
+            # the event loop needs (measured: p50 52 ms instead of 29 ms through the API)
+            faiss.omp_set_num_threads(1)
         queries, unit, error = self.queries(vectors)
         rho = self.matrix.rescore_error(vectors).numpy()
         base = self.everything if allowed is None else \
             np.packbits(allowed, bitorder="little") & self.everything
-        wanted = k + self.SLACK
         rows: list[np.ndarray] = []
         items: list[np.ndarray] = []
         in_fp32: list[int] = []
@@ -328,15 +334,19 @@ class FaissScan(Kernel):
                 np.bitwise_and.at(bitmap, drop >> 3, ~np.left_shift(1, drop & 7).astype(np.uint8))
             params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(self.matrix.num_items,
                                                                        faiss.swig_ptr(bitmap)))
-            found, labels = self.index.search(queries[u:u + 1], wanted, params=params)
-            kept = labels[0] >= 0
-            scores, labels_u = found[0][kept].astype(np.float64) * unit[u], labels[0][kept]
-            if len(labels_u) == 0:
+            for wanted in (k + self.SLACK, 8 * (k + self.SLACK)):
+                found, labels = self.index.search(queries[u:u + 1], wanted, params=params)
+                kept = labels[0] >= 0
+                scores, labels_u = found[0][kept].astype(np.float64) * unit[u], labels[0][kept]
+                kth = scores[min(k, len(scores)) - 1] if len(scores) else 0.0
+                floor = kth - 2 * (error[u] + rho[u]) - abs(kth) * 4 * FP32_U
+                complete = len(labels_u) < wanted or scores[-1] < floor  # no candidate past what FAISS kept
+                if complete:
+                    break
+            if not complete:
+                in_fp32.append(u)
                 continue
-            kth = scores[min(k, len(scores)) - 1]
-            floor = kth - 2 * (error[u] + rho[u]) - abs(kth) * 4 * FP32_U
-            if len(labels_u) == wanted and scores[-1] >= floor:
-                in_fp32.append(u)  # candidates may continue past what FAISS kept
+            if len(labels_u) == 0:
                 continue
             chosen = labels_u[scores >= floor] if len(labels_u) >= k else labels_u
             rows.append(np.full(len(chosen), u, np.int64))
@@ -473,12 +483,23 @@ def forced_plan(matrix: ItemMatrix, name: str) -> Plan:
                 reason="forced by SCORING_KERNEL")
 
 
-def calibration_batch(matrix: ItemMatrix, users: int, seed: int = 0) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Users like real ones: each vector the sum of three item rows, each excluding CALIBRATION_EXCLUDED items."""
+def calibration_batch(matrix: ItemMatrix, users: int, seed: int = 0, like: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """`users` query vectors, each excluding CALIBRATION_EXCLUDED random items, like a history of that length.
+
+    `like`: real user vectors (the first ranking's); the batch cycles through them with 10 % noise,
+    so the scores, and with them the candidates each kernel re-scores, are distributed like the
+    model's. Without them, each vector is the sum of three item rows.
+    """
     rng = np.random.default_rng(seed)
     n = matrix.num_items
-    picks = torch.from_numpy(rng.integers(1, n, (users, 3)))
-    vectors = matrix.weights[picks].sum(1).contiguous()
+    if like is not None and len(like):
+        rows = like.detach().float()[torch.from_numpy(np.arange(users) % len(like))]
+        noise = torch.from_numpy(rng.standard_normal(rows.shape).astype(np.float32))
+        vectors = (rows + 0.1 * noise * rows.norm(dim=1, keepdim=True) / rows.shape[1] ** 0.5).contiguous()
+    else:
+        picks = torch.from_numpy(rng.integers(1, n, (users, 3)))
+        vectors = matrix.weights[picks].sum(1).contiguous()
     exclude = [rng.integers(1, n, min(CALIBRATION_EXCLUDED, n - 1)) for _ in range(users)]
     return vectors, exclude
 
@@ -489,7 +510,8 @@ def same_ranking(got: Ranked, want: Ranked) -> bool:
         len(g[1]) == len(w[1]) and np.allclose(g[1], w[1], rtol=1e-5, atol=1e-6) for g, w in zip(got, want))
 
 
-def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds: float = 4.0) -> Plan:
+def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds: float = 4.0,
+              like: torch.Tensor | None = None) -> Plan:
     """Time the kernels per bucket on this matrix and CPU; each bucket gets the fastest one that ranked correctly.
 
     Buckets from the smallest (batches of one user matter most), kernels in the order of `names`
@@ -512,7 +534,7 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
     untimed: dict[str, dict[int, float]] = {}
     timed_out = False
     for b in BUCKETS:
-        vectors, exclude = calibration_batch(matrix, b)
+        vectors, exclude = calibration_batch(matrix, b, like=like)
         for _ in range(TIMED_RUNS + 1):
             for name in names:
                 if name in failed or (name, b) in pruned or (name != "fp32" and b not in expected):
@@ -597,26 +619,29 @@ def matrix_for(weights: torch.Tensor) -> ItemMatrix:
     return _made_once(_MATRICES, weights, ItemMatrix.of)
 
 
-def plan_for(weights: torch.Tensor) -> Plan:
-    """The plan of a CPU fp32 item matrix under the configured policy, made (and measured) once."""
-    return _made_once(_PLANS, weights, lambda w: make_plan(matrix_for(w), _POLICY))
+def plan_for(weights: torch.Tensor, like: torch.Tensor | None = None) -> Plan:
+    """The plan of a CPU fp32 item matrix under the configured policy, made (and measured) once.
+
+    `like`: user vectors to calibrate with (see `calibration_batch`), when the plan is made now.
+    """
+    return _made_once(_PLANS, weights, lambda w: make_plan(matrix_for(w), _POLICY, like))
 
 
-def make_plan(matrix: ItemMatrix, policy: Policy) -> Plan:
+def make_plan(matrix: ItemMatrix, policy: Policy, like: torch.Tensor | None = None) -> Plan:
     """The forced kernel, else (or when the forced one cannot run here: logged, in `failed`) the measured choice."""
     if policy.kernel != "auto":
         try:
             return logged(matrix, forced_plan(matrix, policy.kernel))
         except ScoringKernelError as exc:  # serve anyway, with the measured choice, and say why
             log.error("SCORING_KERNEL=%s cannot run here, choosing by measurement instead: %s", policy.kernel, exc)
-            plan = make_plan(matrix, Policy("auto", policy.budget_seconds))
+            plan = make_plan(matrix, Policy("auto", policy.budget_seconds), like)
             plan.failed[policy.kernel] = str(exc)
             plan.reason = f"SCORING_KERNEL={policy.kernel} refused; {plan.reason}"
             return plan
     if matrix.num_items < MIN_ITEMS:
         return Plan({"fp32": Fp32(matrix)}, dict.fromkeys(BUCKETS, "fp32"),
                     reason=f"fewer than {MIN_ITEMS:,} items: fp32 is cheap")
-    return logged(matrix, calibrate(matrix, KERNELS, policy.budget_seconds))
+    return logged(matrix, calibrate(matrix, KERNELS, policy.budget_seconds, like))
 
 
 def logged(matrix: ItemMatrix, plan: Plan) -> Plan:
