@@ -85,6 +85,7 @@ def test_oversized_bodies_are_refused_before_parsing_and_memory_stays_bounded(se
     ("/recommend_batch", {"user_ids": [1, 2**63]}, "user_ids"),
     ("/recommend_batch", {"user_ids": [1, -2]}, "user_ids"),
     ("/recommend_batch", {"user_ids": [1], "genres": ["Western"]}, "Western"),
+    ("/recommend_batch", {"user_ids": [1], "k": 101}, "k"),  # 1,000 users x 1,000 movies was one answer
     ("/update_user", {"user_id": 2**63, "movie_id": 12, "rating": 4.0}, "user_id"),
     ("/update_user", {"user_id": 1, "movie_id": 2**64, "rating": 4.0}, "movie_id"),
     ("/update_user", {"user_id": 1, "movie_id": 12, "rating": 4.0, "timestamp": 2**63}, "timestamp"),

@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(256 * 2**20, ge=0, description="Bound of the in-process cache (keys + values).")
     max_body_bytes: int = Field(65536, ge=1024, description="Larger request bodies are refused with 413.")
     batch_max_users: int = Field(1000, ge=1, le=1000, description="Most users one /recommend_batch may ask for.")
-    batch_slice_users: int = Field(32, ge=1, description="/recommend_batch runs in slices of this many users; "
-                                   "single requests are served between slices.")
+    batch_slice_users: int = Field(16, ge=1, description="/recommend_batch runs in slices of this many users; "
+                                   "single requests are served between slices (bench/faults.py).")
     batch_requires_key: bool = Field(False, description="Require X-API-Key for /recommend_batch too.")
     celery_broker_url: str | None = Field(None, description="Celery broker (redis://host:6379/1): /update_user "
                                           "and /admin/reindex enqueue there; unset: the same tasks run in a thread.")
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(300, description="TTL of cached histories, user vectors and responses.")
     min_history: int = Field(3, description="Ratings a user needs before recommendations come from the sequence.")
     torch_threads: int = Field(1, ge=1, description="Intra-op threads of the API's model thread and of each "
-                               "TorchServe worker (a /recommend_batch of 32 users or more uses every core).")
+                               "TorchServe worker (/recommend_batch slices too).")
     scoring_kernel: Literal["auto", "fp32", "faiss-sq8-direct", "int8-torch", "faiss-sq8", "fp16-torch"] = Field(
         "auto", description="First pass of the exact top-k (serving/kernels.py): auto times each kernel per batch "
         "size on this CPU at load and uses the fastest; a name forces that kernel (the ranking stays exact).")

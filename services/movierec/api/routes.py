@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Annotated, Any
 
 import orjson
@@ -16,6 +17,7 @@ from movierec.api.services import Services
 from movierec.store import UserStats
 
 router = APIRouter()
+log = logging.getLogger("movierec.api")
 
 
 def services(request: Request) -> Services:
@@ -152,13 +154,18 @@ def popular_movies(
 
 
 @router.get("/health", tags=["ops"], responses={503: {"description": "The API cannot serve (the store is down)."}})
-def health(svc: Svc, x_api_key: Annotated[str | None, Header(max_length=256)] = None) -> JSONResponse:
+def health(svc: Svc, request: Request, x_api_key: Annotated[str | None, Header(max_length=256)] = None) -> JSONResponse:
     """Status of every dependency: 200 when the API can serve, 503 otherwise.
 
     Each component says `ok`; the details (addresses, paths, errors) only with a valid X-API-Key (and in
-    the log whenever a component is not ok)."""
+    the log whenever the set of failing components or their reasons change)."""
     serving, healthy, components = svc.health()
     status = "ok" if healthy else "degraded" if serving else "down"
+    problems = {name: part["detail"] for name, part in components.items() if not part["ok"]}
+    if problems != getattr(request.app.state, "health_logged", None):  # once per change, not at every probe
+        request.app.state.health_logged = problems
+        log.log(logging.WARNING if problems else logging.INFO, "health",
+                extra={"fields": {"status": status, "problems": problems}})
     if not key_matches(svc.settings.api_key, x_api_key):
         components = {name: {"ok": part["ok"]} for name, part in components.items()}
     return JSONResponse({"status": status, "components": components}, status_code=200 if serving else 503)

@@ -84,7 +84,8 @@ class RecommendBatchRequest(FilterFields):
     user_ids: list[Id] = Field(..., min_length=1, max_length=1000, examples=[[1, 2, 3, 4, 5]], description=(
         "1 to 1000 users (the operator may allow fewer: BATCH_MAX_USERS); computed in slices between which "
         "single requests are served."))
-    k: Int = Field(10, ge=1, le=1000)
+    k: Int = Field(10, ge=1, le=100, description="How many movies per user (1-100: a batch answers at most "
+                   "100,000 movies).")
     method: Method = Field("torchserve", description=METHOD_DESCRIPTION)
 
 

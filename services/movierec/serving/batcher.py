@@ -73,10 +73,10 @@ class RecommendBatcher:
         of `slice_users`, each queued behind the passes already waiting (fair to single requests)."""
         rec = self.recommender
         work = await asyncio.to_thread(rec.gather, user_ids, k, method, filters, exclude_rated)
-        all_cores = len(work.todo) >= 32
+        # one core, like the micro-batches: with every core, the slices' spinning thread pools slowed the
+        # single requests between them and the batch itself (bench/faults.py)
         for start in range(0, len(work.todo), self.slice_users):
-            part = work.todo[start:start + self.slice_users]
-            await self.run(rec.compute, work, part, all_cores=all_cores)
+            await self.run(rec.compute, work, work.todo[start:start + self.slice_users])
         self._save_later(work)
         return work.answers()
 
