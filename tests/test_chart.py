@@ -6,7 +6,7 @@ oldest and the newest Kubernetes that `kubeVersion` allows; the InferenceService
 PrometheusRule pass the CRD schemas their projects publish (../shared/schemas, unknown fields rejected).
 Then what schemas cannot see: GPU placement, autoscaling bounds, hardened pods, secrets, selectors,
 network paths, metric names, and the rendered commands of the API, worker, beat, Flower and operator,
-started here as processes against a real Redis (and the operator against an emulated API server).
+started here as processes against the chart's own Redis command (and the operator against an emulated API server).
 """
 
 from __future__ import annotations
