@@ -518,6 +518,18 @@ def test_no_secret_is_committed() -> None:
     assert ignored_by_git.returncode == 0
 
 
+def test_env_example_names_only_settings_and_compose_variables() -> None:
+    """Each variable .env.example offers is read by someone: settings.py, the compose file or the init script."""
+    from movierec.settings import Settings
+
+    fields = {name.upper() for name in Settings.model_fields}
+    text = COMPOSE.read_text()
+    used_by_compose = set(re.findall(r"\$\$?\{(\w+)", text)) | set(re.findall(r"\$\$(\w+)", text))
+    offered = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.MULTILINE))
+    flower_reads = {"FLOWER_BASIC_AUTH"}  # Flower reads it itself
+    assert offered and not offered - fields - used_by_compose - flower_reads
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
