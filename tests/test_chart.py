@@ -407,6 +407,9 @@ def test_predictor_gets_gpus_and_gpu_nodes_only_when_the_gpu_is_on() -> None:
         cpu = predictor(objects)
         assert "nvidia.com/gpu" not in json.dumps(cpu), scenario
         assert "nodeSelector" not in cpu and "tolerations" not in cpu, scenario
+    # nothing in a CPU release asks for a GPU or a GPU node, the Jobs included
+    cpu_jobs = merged(values_file("values-cpu.yaml"), SCENARIOS["jobs"])
+    assert "nvidia" not in json.dumps(render_chart(cpu_jobs)[0])
     # gpu.enabled false alone drops the GPU node placement the production values carry
     off = predictor(render_chart({"torchserve": {"gpu": {"enabled": False}}})[0])
     assert "nvidia.com/gpu" not in json.dumps(off) and "nodeSelector" not in off and "tolerations" not in off
@@ -1070,6 +1073,28 @@ def test_rendered_api_worker_beat_and_flower_commands_run_and_become_ready(
             process.terminate()
         for *_, process in started:
             process.stop()
+
+
+def test_rendered_training_job_runs_torchrun(pattern_prepared: Path, tmp_path: Path) -> None:
+    """The single-node training Job of the CPU values, run as rendered (torchrun --standalone --no-python
+    movierec train ... --resume) on a small prepared set, a few steps (extraArgs): it writes the model."""
+    values = merged(values_file("values-cpu.yaml"), {"training": {"singleNode": {"enabled": True}, "extraArgs": [
+        "--max-steps", "3", "--seq-len", "16", "--dim", "16", "--set", "eval_every_steps=3", "--set", "threads=1"]}})
+    objects, _ = render_chart(values)
+    (job,) = [j for j in find(objects, "Job") if component(j["spec"]["template"]["metadata"]) == "train"]
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in json.dumps(job) and c["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node"]
+    home = tmp_path / "home"
+    shutil.copytree(pattern_prepared, home / "data" / "prepared")
+    (tmp_path / "tmp").mkdir()
+    local = Local(objects, tmp_path, hosts={}, drop=set())
+    process = Process("train", local.argv(c, {}), local.env(c), tmp_path)
+    try:
+        assert process.proc.wait(timeout=120) == 0, process.tail()
+    finally:
+        process.stop()
+    manifest = json.loads((home / "model" / "manifest.json").read_text())
+    assert manifest and (home / "model" / "model.pt").is_file()
 
 
 @pytest.mark.asyncio
