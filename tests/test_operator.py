@@ -633,3 +633,15 @@ def test_job_and_manifests_pass_kubernetes_schemas(version: str) -> None:
     assert {obj["kind"] for obj in objects} == {"Job", "ServiceAccount", "Role", "RoleBinding", "Deployment"}
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or mistyped field
+
+
+def test_operator_command_without_a_cluster_says_so_in_one_line(tmp_path: Path) -> None:
+    command = str(Path(sys.executable).parent / "movierec-operator")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")} | {
+        "KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+    done = subprocess.run([command], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: no cluster to watch") and "Traceback" not in done.stderr
+    usage = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert usage.returncode == 0 and "IndexBuild" in usage.stdout and "/healthz" in usage.stdout

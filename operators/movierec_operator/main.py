@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import kopf
 
@@ -32,8 +33,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import movierec_operator.handlers  # noqa: F401  (registers the handlers)
+    import kubernetes
 
+    from movierec_operator import handlers  # registers the handlers
+
+    try:
+        handlers.load_kube_config()  # fail here, in one line, rather than in Kopf's retry loop
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        sys.stderr.write(f"error: no cluster to watch: not in a pod, and no usable kubeconfig ({exc})\n")
+        raise SystemExit(2) from None
     kopf.run(
         standalone=True,  # one replica (Recreate): no peering resources needed
         clusterwide=args.namespace is None,
