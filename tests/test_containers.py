@@ -622,51 +622,70 @@ def chart_values() -> dict:
     return yaml.safe_load((CHART / "values.yaml").read_text())
 
 
-def chart_args(component: str) -> list[str]:
-    """The args of the movierec container in templates/<component>.yaml, `{{ .x | quote }}` resolved from values."""
-    values = chart_values()[component]
-    lines = (CHART / "templates" / f"{component}.yaml").read_text().splitlines()
-    start = next(n for n, line in enumerate(lines) if line.strip() == "command: [movierec]") + 1
-    head = lines[start].strip()
-    assert head.startswith("args:"), f"{component}: no args after command: [movierec]"
-    if head != "args:":  # flow style: args: [a, b, {{ .port | quote }}]
-        items = [i.strip() for i in re.split(r",(?![^{]*}})", head[len("args:"):].strip()[1:-1])]
-    else:
-        indent = len(lines[start + 1]) - len(lines[start + 1].lstrip())
-        items, in_range = [], False
-        for line in lines[start + 1:]:
-            if line.strip().startswith(("{{- range", "{{ range")):
-                in_range = True  # {{- range .extraArgs }} ... {{- end }}: extra args, none by default
-            if in_range:
-                in_range = not line.strip().startswith(("{{- end", "{{ end"))
-                continue
-            if len(line) - len(line.lstrip()) != indent or not line.strip().startswith("- "):
-                break
-            items.append(line.strip()[2:])
-
-    def resolve(item: str) -> str:
-        if match := re.fullmatch(r"\{\{ \.(\w+) \| quote \}\}", item):
-            return str(values[match.group(1)])
-        if match := re.fullmatch(r'\{\{ join "(.)" \.(\w+) \| quote \}\}', item):
-            return match.group(1).join(values[match.group(2)])
-        assert "{{" not in item, f"{component}: cannot resolve {item}"
-        return item
-
-    return [resolve(item) for item in items]
+def render_chart(*values_files: str, **sets: str) -> list[dict]:
+    """The chart rendered by Helm's engine (helm-python-sdk, offline) with these values files and --set values."""
+    helm = pytest.importorskip("helm_python", reason="missing component: helm-python-sdk (pip install -e '.[dev]')")
+    values: dict = {}
+    for name in values_files:
+        merge(values, yaml.safe_load((REPO / name).read_text()) or {})
+    for path, value in sets.items():
+        node = values
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+        rendered = chart.render(values, name="movierec", namespace="movierec", is_install=True)
+    return [doc for path, text in sorted(rendered.items()) if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text) if doc]
 
 
-def test_compose_runs_the_chart_commands(compose: dict) -> None:
+def merge(into: dict, layer: dict) -> dict:
+    """Values layered like `helm -f a -f b`: maps merge, everything else is replaced."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def chart_containers(objects: list[dict]) -> dict[str, dict]:
+    """The first container of each Deployment/StatefulSet by its component label."""
+    found = {}
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            template = obj["spec"]["template"]
+            found[template["metadata"]["labels"]["app.kubernetes.io/component"]] = template["spec"]["containers"][0]
+    return found
+
+
+@pytest.fixture(scope="module")
+def chart_default() -> dict[str, dict]:
+    return chart_containers(render_chart())
+
+
+def test_compose_runs_the_chart_server_versions(compose: dict) -> None:
+    values = chart_values()
+    for service in ("mongodb", "redis", "qdrant"):
+        image = values[service]["image"]
+        tag = image["tag"].removesuffix("-unprivileged")  # the same Qdrant, with a shell for compose's healthcheck
+        assert compose["services"][service]["image"] == f"{image['repository']}:{tag}", service
+
+
+def test_compose_runs_the_chart_commands(compose: dict, chart_default: dict[str, dict]) -> None:
     for component in CHART_COMPONENTS:
-        assert compose["services"][component]["command"] == chart_args(component), component
+        container = chart_default[component]
+        assert container["command"] == ["movierec"], component  # the image's ENTRYPOINT
+        assert compose["services"][component]["command"] == container["args"], component
 
 
-def test_compose_and_chart_use_the_same_setting_names(compose: dict) -> None:
+def test_compose_and_chart_use_the_same_setting_names(compose: dict, chart_default: dict[str, dict]) -> None:
     from movierec.settings import Settings
 
     fields = {name.upper() for name in Settings.model_fields}
-    templates = [CHART / "templates" / f"{c}.yaml" for c in CHART_COMPONENTS] + [CHART / "templates" / "_helpers.tpl"]
-    chart_names = set(re.findall(r"- name: ([A-Z][A-Z0-9_]+)\s*$", "\n".join(p.read_text() for p in templates),
-                                 re.MULTILINE))
+    chart_names = {e["name"] for c in CHART_COMPONENTS for e in chart_default[c].get("env", [])}
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.MULTILINE))
     compose_names = set()
     for component in (*CHART_COMPONENTS, "init"):
@@ -772,6 +791,45 @@ def test_skaffold_builds_only_images_the_chart_uses_and_names_existing_paths() -
     gpu = with_profile(config, "gpu")
     assert gpu["deploy"]["helm"]["releases"][0]["valuesFiles"] == []  # the chart's defaults: production, GPU
     assert {a["docker"]["buildArgs"]["TORCH"] for a in gpu["build"]["artifacts"]} == {"cu126"}
+
+
+def rendered_images(objects: list[dict]) -> set[str]:
+    """Every container image of the rendered objects (pods of workloads and jobs, the KServe predictor)."""
+    images: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("image"), str) and ("name" in node or "args" in node or "command" in node):
+                images.add(node["image"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for obj in objects:
+        walk(obj.get("spec", {}))
+    return images
+
+
+@pytest.mark.parametrize("variant", ["default", "cpu", "gpu"])
+def test_skaffold_deploys_the_images_it_builds(variant: str) -> None:
+    """Helm renders the release skaffold makes, its templates filled as skaffold fills them: the movierec images
+    in the pods are exactly the built ones."""
+    config = skaffold_config()
+    document = config if variant == "default" else with_profile(config, variant)
+    (release,) = document["deploy"]["helm"]["releases"]
+    built = {a["image"] for a in document["build"]["artifacts"]}
+    fields = {}
+    for image in built:
+        key = re.sub(r"[^A-Za-z0-9]", "_", image)
+        fields |= {f"IMAGE_REPO_{key}": f"registry.test/{image}", f"IMAGE_TAG_{key}": "abc123"}
+    sets = {path: re.sub(r"\{\{\.(\w+)\}\}", lambda m: fields[m.group(1)], template)
+            for path, template in release["setValueTemplates"].items()}
+    objects = render_chart(*release.get("valuesFiles", []), **sets)
+    ours = {image for image in rendered_images(objects) if image.split(":")[0].split("/")[-1] in
+            {"movierec", "movierec-torchserve"}}
+    assert ours == {f"registry.test/{image}:abc123" for image in built}
 
 
 def test_skaffold_forwards_the_api_and_flower_services() -> None:
