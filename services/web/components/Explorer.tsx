@@ -46,6 +46,7 @@ export function Explorer() {
       if (mine === seq.current) setRecs({ state: "ok", data, latencyMs: performance.now() - started });
     } catch (e) {
       if (mine === seq.current) {
+        ratedAt.current = null; // a rating whose list failed has no "rating -> new list" time
         setRecs({ state: "error", message: describeError(e), status: e instanceof ApiError ? e.status : -1 });
       }
     }
