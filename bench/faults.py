@@ -70,8 +70,8 @@ def stop_api(process: subprocess.Popen) -> None:
 
 
 async def open_loop(url: str, rate: float, seconds: float, rng: np.random.Generator,
-                    sink: list[tuple[float, int]]) -> None:
-    """`rate` requests per second for `seconds`, whatever the answers take (each waits up to 30 s)."""
+                    sink: list[tuple[float, int]], stop: asyncio.Event | None = None) -> None:
+    """`rate` requests per second for `seconds` (or until `stop`), whatever the answers take (each waits up to 30 s)."""
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=200)) as http:
         tasks = []
 
@@ -84,7 +84,7 @@ async def open_loop(url: str, rate: float, seconds: float, rng: np.random.Genera
             sink.append((time.perf_counter() - start, status))
 
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end and not (stop and stop.is_set()):
             tasks.append(asyncio.create_task(one(int(rng.integers(1, USERS + 1)))))
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks)
@@ -144,10 +144,14 @@ def beside_a_batch(home: Path, rate: float, slice_users: int, log: Path) -> tupl
             async with httpx.AsyncClient(base_url=url, timeout=120) as http:
                 start = time.perf_counter()
                 batch = asyncio.create_task(http.post("/recommend_batch", json={"user_ids": users, "k": 10}))
-                while not batch.done():
-                    await open_loop(url, rate, 1, rng, sink)
-                assert (await batch).status_code == 200
-                return time.perf_counter() - start
+                done = asyncio.Event()  # single requests start while the batch runs, every 1/rate s
+                load = asyncio.create_task(open_loop(url, rate, 600, rng, sink, done))
+                response = await batch
+                seconds = time.perf_counter() - start
+                done.set()
+                await load
+                assert response.status_code == 200, response.text
+                return seconds
 
         seconds = asyncio.run(scenario())
     finally:
