@@ -15,6 +15,7 @@ No Docker engine or cluster runs here, so:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -22,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -854,3 +856,73 @@ def test_kind_cluster_has_a_worker_labelled_for_the_gpu_predictor() -> None:
     assert any(selector.items() <= node.get("labels", {}).items() for node in workers)
     mappings = cluster["nodes"][0]["extraPortMappings"]
     assert {(m["containerPort"], m["hostPort"], m["listenAddress"]) for m in mappings} == {(30080, 30080, "127.0.0.1")}
+
+
+def wait_until(check, what: str, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert process.poll() is None, f"{what}: the server exited\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}: not ready after {timeout_s:.0f} s\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_compose_torchserve_command_serves_what_init_wrote(initialised_home: tuple[Path, dict[str, str]],
+                                                           compose: dict, tmp_path: Path) -> None:
+    """TorchServe started with compose's exact command line (/mnt/models is the init's home here, the ports moved
+    by TorchServe's TS_* variables since the config's are fixed), checked by compose's healthcheck; the API then
+    ranks on it."""
+    import httpx
+
+    home, env = initialised_home
+    service = compose["services"]["torchserve"]
+    command = [str(home) + a.removeprefix("/mnt/models") if a.startswith("/mnt/models") else a
+               for a in service["entrypoint"]]
+    assert command[0] == "torchserve"
+    port = free_port()
+    run = tmp_path / "torchserve"
+    (run / "tmp").mkdir(parents=True)
+    log = run / "console.log"
+    ts_env = {**env, "TEMP": str(run / "tmp"), "TMPDIR": str(run / "tmp"), "LOG_LOCATION": str(run),
+              "METRICS_LOCATION": str(run), "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{port}",
+              "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{free_port()}", "TS_METRICS_ADDRESS": f"http://127.0.0.1:{free_port()}",
+              "TS_GRPC_INFERENCE_PORT": str(free_port()), "TS_GRPC_MANAGEMENT_PORT": str(free_port())}
+    check = service["healthcheck"]["test"]
+    assert check[0] == "CMD" and "127.0.0.1:8080/ping" in check[-1]
+    check = [*check[1:-1], check[-1].replace("127.0.0.1:8080", f"127.0.0.1:{port}")]
+    torchserve = subprocess.Popen(command, cwd=run, env=ts_env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    api_log = tmp_path / "api.log"
+    api_port = free_port()
+    api = None
+    try:
+        wait_until(lambda: subprocess.run(check, capture_output=True).returncode == 0, "torchserve", torchserve, log)
+        api_env = {**env, "TORCHSERVE_HOST": "127.0.0.1", "TORCHSERVE_PORT": str(port),
+                   **{k: v for k, v in compose["services"]["api"]["environment"].items()
+                      if k in ("TORCHSERVE_PROTOCOL", "TORCHSERVE_MODEL")}}
+        api = subprocess.Popen([str(Path(env["PATH"].split(":")[0]) / "movierec"), "serve", "--host", "127.0.0.1",
+                                "--port", str(api_port)], env=api_env, stdout=api_log.open("w"), stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{api_port}"
+
+        def api_up() -> bool:
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(api_up, "api", api, api_log)
+        answer = httpx.post(f"{url}/recommend", json={"user_id": 1, "k": 5, "method": "torchserve"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["served_by"] == "torchserve" and len(answer.json()["items"]) == 5
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(torchserve.pid, signal.SIGTERM)  # the launcher and its Java frontend
+        try:
+            torchserve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(torchserve.pid, signal.SIGKILL)
+            torchserve.wait()
