@@ -86,7 +86,7 @@ def test_the_checker_sees_a_backward_import(tmp_path: Path) -> None:
 def test_no_file_names_a_path_of_this_machine() -> None:
     """Data is found relative to the repository (../shared/data) or from a variable, never at an absolute path."""
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    here = str(REPO.parent)
+    here = str(REPO.parent).rstrip("/") + "/"  # the folder holding the clone, as a path prefix
     offenders = [
         name
         for name in tracked
