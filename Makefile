@@ -18,7 +18,7 @@ PYTEST_ARGS ?= -q
 MONGOECO_VENV ?= $(VENV)/mongoeco
 STAMP    = $(VENV)/.installed-torch-$(TORCH)
 
-.PHONY: demo test install test-deps check lint clean bench
+.PHONY: demo test install test-deps system-deps check lint clean bench
 
 install: $(STAMP) web
 
@@ -30,7 +30,19 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.py
 	@touch $@
 
 ## test-deps: what the tests need beyond the package: the MongoDB wire server's venv
-test-deps: $(MONGOECO_VENV)/installed.txt
+test-deps: system-deps $(MONGOECO_VENV)/installed.txt
+
+## system-deps: the Debian packages the tests use, when missing: Java 17 (TorchServe), Chromium (the page's tests).
+## As root with apt-get they are installed; otherwise this says what to install (and `make check` names them too).
+SYSTEM_PACKAGES = java:openjdk-17-jre-headless chromium:chromium
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; fi
 
 $(MONGOECO_VENV)/installed.txt: tests/mongo_server.py | $(STAMP)
 	$(BIN)/python tests/mongo_server.py --install $(MONGOECO_VENV) $(if $(STRICT),--strict)
