@@ -635,13 +635,17 @@ def test_job_and_manifests_pass_kubernetes_schemas(version: str) -> None:
         kubernetes_validate.validate(obj, version, strict=True)  # raises on any unknown or mistyped field
 
 
-def test_operator_command_without_a_cluster_says_so_in_one_line(tmp_path: Path) -> None:
-    command = str(Path(sys.executable).parent / "movierec-operator")
+@pytest.mark.parametrize("invocation", [["movierec-operator"], ["movierec", "operator"]])
+def test_operator_command_without_a_cluster_says_so_in_one_line(tmp_path: Path, invocation: list[str]) -> None:
+    command = [str(Path(sys.executable).parent / invocation[0]), *invocation[1:]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")} | {
         "KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
-    done = subprocess.run([command], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: no cluster to watch") and "Traceback" not in done.stderr
+    if invocation != ["movierec-operator"]:
+        return
+    command = command[0]
     usage = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert usage.returncode == 0 and "IndexBuild" in usage.stdout and "/healthz" in usage.stdout

@@ -45,3 +45,11 @@ app.command("serve-model")(model_server.serve_model)
 app.command("worker")(worker.worker)
 app.command("beat")(worker.beat)
 app.command("flower")(worker.flower)
+
+
+@app.command("operator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def operator(ctx: typer.Context) -> None:
+    """Run the IndexBuild operator (the same as `movierec-operator`; options: --namespace, --health-port, -v)."""
+    from movierec_operator.main import main as run_operator
+
+    run_operator(list(ctx.args))
