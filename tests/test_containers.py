@@ -918,11 +918,18 @@ def test_compose_torchserve_command_serves_what_init_wrote(initialised_home: tup
         if api is not None:
             api.terminate()
             api.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(torchserve.pid, signal.SIGTERM)  # the launcher and its Java frontend
-        try:
-            torchserve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(torchserve.pid, signal.SIGKILL)
-            torchserve.wait()
+        stop_group(torchserve)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to the process group (TorchServe's launcher, its Java frontend and workers), SIGKILL after grace_s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            process.poll()
+            os.killpg(process.pid, 0)  # raises once every process of the group is gone
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
