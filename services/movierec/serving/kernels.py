@@ -519,7 +519,7 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
     needed. Its first run of a bucket checks the ranking against fp32 (one-time costs land there);
     up to TIMED_RUNS timed runs follow, interleaved across kernels (load from other processes hits
     them alike), the best one kept. A kernel PRUNE_FACTOR times slower than the best of a bucket is
-    not timed there again; one that fails or ranks wrongly never serves. Past `budget_seconds`
+    not timed there again, nor tried in the next bucket; one that fails or ranks wrongly never serves. Past `budget_seconds`
     nothing more is built or run: a bucket is served by the fastest kernel measured in it (by its
     checking run when no timed run fit), else by the choice of the bucket below.
     """
@@ -533,8 +533,9 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
     pruned: set[tuple[str, int]] = set()
     untimed: dict[str, dict[int, float]] = {}
     timed_out = False
-    for b in BUCKETS:
+    for below, b in zip((None, *BUCKETS), BUCKETS):
         vectors, exclude = calibration_batch(matrix, b, like=like)
+        pruned |= {(name, b) for name, bucket in pruned if bucket == below}  # far behind there: not tried here
         for _ in range(TIMED_RUNS + 1):
             for name in names:
                 if name in failed or (name, b) in pruned or (name != "fp32" and b not in expected):
@@ -560,8 +561,9 @@ def calibrate(matrix: ItemMatrix, names: Sequence[str] = KERNELS, budget_seconds
                     continue
                 row = ms.setdefault(name, {})
                 row[b] = min(row.get(b, np.inf), elapsed)
-                if row[b] > PRUNE_FACTOR * min(r[b] for n, r in ms.items() if b in r and n not in failed):
-                    pruned.add((name, b))
+                if name != "fp32" and row[b] > PRUNE_FACTOR * min(r[b] for n, r in ms.items()
+                                                                 if b in r and n not in failed):
+                    pruned.add((name, b))  # fp32 always runs: it is every bucket's reference
     for name, row in untimed.items():
         for b, elapsed in row.items():
             ms.setdefault(name, {}).setdefault(b, elapsed)
