@@ -16,15 +16,12 @@ arrive meanwhile are served between two slices instead of after the whole batch.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 
 from movierec.index.base import Filters
 from movierec.serving.recommender import Recommendation, Recommender, Work
@@ -35,7 +32,7 @@ Params = tuple[int, str, Filters, bool]  # k, method, filters, exclude_rated
 
 class RecommendBatcher:
     def __init__(self, recommender: Recommender, max_batch: int = 64,
-                 on_batch: Callable[[int], None] | None = None, slice_users: int = 32) -> None:
+                 on_batch: Callable[[int], None] | None = None, slice_users: int = 16) -> None:
         self.recommender = recommender
         self.max_batch, self.slice_users = max_batch, max(1, slice_users)
         self._saving: set[asyncio.Task] = set()  # cache writes in flight (held: the loop keeps weak references)
@@ -46,14 +43,9 @@ class RecommendBatcher:
         self._draining = False
         self._drainer: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
-    async def run(self, fn: Callable[..., T], *args: Any, all_cores: bool = False) -> T:
-        """Run model work (e.g. a /recommend_batch call) in the model thread, in turn with the batches.
-
-        `all_cores` lets one large call use every core for its GEMMs (the micro-batches use one, so
-        that the event loop keeps the other).
-        """
-        call = (lambda: _on_all_cores(fn, *args)) if all_cores else (lambda: fn(*args))
-        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work in the model thread, in turn with the batches (one core, like every pass)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         """Cache (and store) I/O: on the thread pool when the cache is a network one, else inline."""
@@ -161,12 +153,3 @@ class RecommendBatcher:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-
-def _on_all_cores(fn: Callable[..., T], *args: Any) -> T:
-    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    try:
-        with threadpool_limits(cores, user_api="blas"):
-            return fn(*args)
-    finally:
-        torch.set_num_threads(threads)
