@@ -76,3 +76,21 @@ def test_redis_drops_a_users_keys_from_their_key_set_not_a_scan(redis_server) ->
     raw.script_flush()  # as after a restart: the write loads its script again
     cache.set_many({user_prefix(3) + "rec:b": b"again"}, ttl=60, read_at=cache.generations([3]))
     assert cache.get(user_prefix(3) + "rec:b") == b"again" and cache.errors == 0
+
+
+def test_memory_generations_are_bounded_and_stay_safe() -> None:
+    """Every /update_user adds a generation; past the bound all are forgotten, and no stale write gets in."""
+    cache = MemoryCache()
+    cache.max_generations = 3
+    before = cache.generations([1, 2, 9])  # 9 never changes: its generation is the floor
+    for user in (1, 2, 3):
+        cache.invalidate_user(user)
+    assert len(cache._generations) == 3
+    cache.invalidate_user(4)  # the bound: everything forgotten, every user moved past
+    assert len(cache._generations) == 1
+    after = cache.generations([1, 2, 3, 4, 9])
+    assert all(after[u] > before.get(u, 0) for u in (1, 2, 9)) and after[4] > after[9]
+    cache.set_many({user_prefix(u) + "rec:x": b"stale" for u in (1, 2, 9)}, ttl=60, read_at=before)
+    assert cache.get_many([user_prefix(u) + "rec:x" for u in (1, 2, 9)]) == [None, None, None]
+    cache.set_many({user_prefix(9) + "rec:x": b"fresh"}, ttl=60, read_at=cache.generations([9]))
+    assert cache.get(user_prefix(9) + "rec:x") == b"fresh"

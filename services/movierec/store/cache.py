@@ -69,6 +69,8 @@ class MemoryCache:
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._groups: dict[str, set[str]] = {}
         self._generations: dict[int, int] = {}
+        self._floor = 0  # the generation of every user not in _generations (raised when it is cleared)
+        self.max_generations = 200_000  # users with a generation held; then all are forgotten at once
         self._lock = threading.Lock()
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.bytes = 0  # keys and values held (not Python's per-object overhead: ENTRY_OVERHEAD stands for it)
@@ -108,11 +110,11 @@ class MemoryCache:
             for key, value in values.items():
                 user = key_user(key) if read_at is not None else None
                 if user is None or read_at is None or user not in read_at \
-                        or self._generations.get(user, 0) == read_at[user]:
+                        or self._generations.get(user, self._floor) == read_at[user]:
                     self._set(key, value, ttl)
 
     def generations(self, user_ids: list[int]) -> dict[int, int]:
-        return {u: self._generations.get(u, 0) for u in user_ids}
+        return {u: self._generations.get(u, self._floor) for u in user_ids}
 
     def get_with_generations(self, keys: list[str], user_ids: list[int]
                              ) -> tuple[list[bytes | None], dict[int, int]]:
@@ -120,7 +122,12 @@ class MemoryCache:
 
     def invalidate_user(self, user_id: int) -> None:
         with self._lock:
-            self._generations[user_id] = self._generations.get(user_id, 0) + 1
+            if len(self._generations) >= self.max_generations:
+                # bounded: forget every generation, and move every user past all of them, so that a
+                # write read at any earlier generation is still refused
+                self._floor = max(self._generations.values()) + 1
+                self._generations.clear()
+            self._generations[user_id] = self._generations.get(user_id, self._floor) + 1
         self.delete_prefix(user_prefix(user_id))
 
     def delete_prefix(self, prefix: str) -> None:
