@@ -275,3 +275,11 @@ def test_qdrant_server_collection_is_built_once_and_reused(pattern_model: Path) 
     assert again.version == first.version and client.retrieve(first.collection, [1])[0].payload.get("marker") == 1
     changed = server_collection(client, vectors * 2, catalog)
     assert changed.version != first.version and "marker" not in client.retrieve(first.collection, [1])[0].payload
+
+
+def test_the_model_thread_runs_faiss_on_one_openmp_thread(client: TestClient) -> None:
+    """OpenMP's thread count is per thread: the API's setting must reach the thread that searches FAISS."""
+    import faiss
+
+    batcher = client.app.state.services.batcher
+    assert batcher.executor.submit(faiss.omp_get_max_threads).result(timeout=10) == 1

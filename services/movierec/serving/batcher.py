@@ -32,12 +32,14 @@ Params = tuple[int, str, Filters, bool]  # k, method, filters, exclude_rated
 
 class RecommendBatcher:
     def __init__(self, recommender: Recommender, max_batch: int = 64,
-                 on_batch: Callable[[int], None] | None = None, slice_users: int = 16) -> None:
+                 on_batch: Callable[[int], None] | None = None, slice_users: int = 16,
+                 thread_setup: Callable[[], None] | None = None) -> None:
         self.recommender = recommender
         self.max_batch, self.slice_users = max_batch, max(1, slice_users)
         self._saving: set[asyncio.Task] = set()  # cache writes in flight (held: the loop keeps weak references)
         self.on_batch = on_batch or (lambda size: None)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # thread_setup runs once in the model thread: settings that are per thread (OpenMP's thread count)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=thread_setup)
         self._pending: list[tuple[Params, int, np.ndarray, int, asyncio.Future]] = []
         self._inflight: dict[tuple, tuple[int, asyncio.Future]] = {}  # request -> (generation, its answer)
         self._draining = False
