@@ -6,30 +6,22 @@ Celery's included, writes through one handler; a line written inside a task name
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
+from typing import Any
 
 from celery import signals
 from celery._state import get_current_task
 
+from movierec.jsonlog import JsonFormatter as BaseFormatter
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+
+class JsonFormatter(BaseFormatter):
+    """The API's JSON lines, plus the task and its id for a line written inside a task."""
+
+    def context(self) -> dict[str, Any]:
         task = get_current_task()
-        if task is not None and task.request.id:
-            line["task"], line["task_id"] = task.name, task.request.id
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(line, default=str)
+        return {"task": task.name, "task_id": task.request.id} if task is not None and task.request.id else {}
 
 
 def configure(level: int | str = logging.INFO) -> None:
